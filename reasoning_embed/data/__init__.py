@@ -1,0 +1,1 @@
+"""Training and evaluation data: the JSONL format, the offline corpus, batching."""

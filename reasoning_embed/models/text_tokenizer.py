@@ -1,0 +1,69 @@
+"""Turning (instruction, text) pairs into model inputs, the same way for training, evaluation and export."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "
+
+
+class TextTokenizer:
+    """Wraps a Hugging Face tokenizer with the recipe's formatting rules.
+
+    Queries are ``query_template.format(instruction=...) + text``; passages are the bare text. No BOS/EOS
+    is added unless ``add_special_tokens``. ``prompt_length`` (per row) is the token count of the prompt
+    tokenized alone, minus a trailing special token — sentence-transformers' rule, so pooling here and in
+    an exported ``SentenceTransformer`` exclude the same tokens. (With BPE the prompt's trailing space can
+    merge with the first word of the text; that token is then excluded too, in both.)
+    """
+
+    def __init__(self, tokenizer, max_query_length: int = 512, max_passage_length: int = 512,
+                 query_template: str = DEFAULT_QUERY_TEMPLATE, add_special_tokens: bool = False):
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if tokenizer.pad_token is None:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad with; set tokenizer.pad_token")
+        self.hf = tokenizer
+        self.max_query_length = max_query_length
+        self.max_passage_length = max_passage_length
+        self.query_template = query_template
+        self.add_special_tokens = add_special_tokens
+        self._prompt_lengths: dict[str, int] = {}
+
+    def prompt(self, instruction: str | None) -> str:
+        return self.query_template.format(instruction=instruction) if instruction else ""
+
+    def prompt_length(self, prompt: str) -> int:
+        if not prompt:
+            return 0
+        if prompt not in self._prompt_lengths:
+            ids = self.hf(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]
+            n = len(ids)
+            if ids and ids[-1] in set(self.hf.all_special_ids):
+                n -= 1
+            self._prompt_lengths[prompt] = n
+        return self._prompt_lengths[prompt]
+
+    def __call__(self, texts: Sequence[str], prompts: Sequence[str] | str | None = None,
+                 max_length: int | None = None) -> dict[str, torch.Tensor]:
+        texts = list(texts)
+        if prompts is None or isinstance(prompts, str):
+            prompts = [prompts or ""] * len(texts)
+        enc = self.hf([p + t for p, t in zip(prompts, texts)], padding=True, truncation=True,
+                      max_length=max_length or self.max_passage_length,
+                      add_special_tokens=self.add_special_tokens, return_tensors="pt")
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "prompt_length": torch.tensor([self.prompt_length(p) for p in prompts], dtype=torch.long),
+        }
+
+    def queries(self, texts: Sequence[str], instructions: Sequence[str] | str | None) -> dict[str, torch.Tensor]:
+        if instructions is None or isinstance(instructions, str):
+            instructions = [instructions] * len(texts)
+        return self(texts, [self.prompt(i) for i in instructions], self.max_query_length)
+
+    def passages(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self(texts, None, self.max_passage_length)

