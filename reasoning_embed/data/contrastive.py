@@ -1,0 +1,151 @@
+"""Contrastive groups, batches drawn one source file at a time, and their collation into model inputs."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from reasoning_embed.data.jsonl import Row
+
+NO_NEGATIVE_POLICIES = ("drop", "in_file", "error")
+
+
+def apply_no_negative_policy(rows: list[Row], policy: str, path) -> tuple[list[Row], int]:
+    """Rows without negatives: ``drop`` them (the paper), keep them and draw ``in_file`` random passages of
+    other rows as negatives at each step, or ``error``. Returns the kept rows and how many were dropped."""
+    if policy not in NO_NEGATIVE_POLICIES:
+        raise ValueError(f"no_negative_policy must be one of {NO_NEGATIVE_POLICIES}, got {policy!r}")
+    missing = [i for i, r in enumerate(rows) if not r.neg]
+    if not missing:
+        return rows, 0
+    if policy == "error":
+        from reasoning_embed.errors import DataFormatError
+
+        raise DataFormatError(path, None, "neg", f"{len(missing)} rows have no negatives (first at row "
+                              f"{missing[0] + 1}); set data.no_negative_policy=drop or in_file")
+    if policy == "drop":
+        return [r for r in rows if r.neg], len(missing)
+    return rows, 0
+
+
+class ContrastiveDataset(Dataset):
+    """Rows of several files; item ``(index, epoch)`` -> one query, one positive, ``num_negatives`` negatives.
+
+    The positive and negatives are drawn with a generator seeded by (seed, epoch, index), so a step's
+    batch is the same whatever the worker count, and again after resuming.
+    """
+
+    def __init__(self, files_rows: list[list[Row]], num_negatives: int = 3, seed: int = 0):
+        self.rows = [row for rows in files_rows for row in rows]
+        self.file_sizes = [len(rows) for rows in files_rows]
+        self.file_offsets = [sum(self.file_sizes[:i]) for i in range(len(files_rows))]
+        self.num_negatives = num_negatives
+        self.seed = seed
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _file_of(self, index):
+        for f in range(len(self.file_sizes) - 1, -1, -1):
+            if index >= self.file_offsets[f]:
+                return f
+        raise IndexError(index)
+
+    def __getitem__(self, item):
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        row = self.rows[index]
+        rng = random.Random(hash((self.seed, epoch, index)) & 0xFFFFFFFF)
+        pos = rng.choice(row.pos)
+        negs = list(row.neg)
+        if not negs:  # in_file policy: other rows' positives of the same file
+            f = self._file_of(index)
+            lo, n = self.file_offsets[f], self.file_sizes[f]
+            negs = [rng.choice(self.rows[lo + rng.randrange(n)].pos) for _ in range(self.num_negatives)]
+        if len(negs) >= self.num_negatives:
+            negs = rng.sample(negs, self.num_negatives)
+        else:  # top up by sampling with repetition (the recipe)
+            negs = negs + [rng.choice(negs) for _ in range(self.num_negatives - len(negs))]
+        return {"instruction": row.instruction, "query": row.query, "passages": [pos] + negs}
+
+
+class MixtureBatchSampler(Sampler):
+    """Global batches drawn from one file each (remainders pooled into mixed batches); this rank's slice.
+
+    Every rank builds the same global order from (seed, epoch) and takes rows ``[rank::world]`` positions
+    ``rank * per_device : (rank + 1) * per_device`` — so a global batch is one source across devices.
+    ``skip`` batches are dropped from the start of the epoch (resuming mid-epoch).
+    """
+
+    def __init__(self, file_sizes: list[int], batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True):
+        self.file_sizes, self.batch_size = file_sizes, batch_size
+        self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.epoch, self.skip = 0, 0
+        if len(self) == 0:
+            raise ValueError(f"{sum(file_sizes)} rows cannot fill one global batch of "
+                             f"{batch_size} x {world_size} devices; lower data.batch_size")
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        g = self.batch_size * self.world_size
+        batches, leftovers, offset = [], [], 0
+        for size in self.file_sizes:
+            idx = list(range(offset, offset + size))
+            if self.shuffle:
+                rng.shuffle(idx)
+            full = size // g * g
+            batches += [idx[i:i + g] for i in range(0, full, g)]
+            leftovers += idx[full:]
+            offset += size
+        if self.shuffle:
+            rng.shuffle(leftovers)
+        batches += [leftovers[i:i + g] for i in range(0, len(leftovers) // g * g, g)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for batch in self.global_batches()[self.skip:]:
+            yield [(i, self.epoch) for i in batch[lo:hi]]
+
+    def __len__(self):
+        g = self.batch_size * self.world_size
+        full = sum(s // g for s in self.file_sizes)
+        leftovers = sum(s % g for s in self.file_sizes)
+        return full + leftovers // g
+
+
+@dataclass
+class ContrastiveCollator:
+    """Tokenizes a list of groups: queries (with instructions) and passages flattened group by group."""
+
+    tokenizer: object  # TextTokenizer
+
+    def __call__(self, items: list[dict]) -> dict:
+        group = len(items[0]["passages"])
+        q = self.tokenizer.queries([it["query"] for it in items], [it["instruction"] for it in items])
+        p = self.tokenizer.passages([t for it in items for t in it["passages"]])
+        return {"query": q, "passages": p, "group_size": group}
+
+
+def batch_tokens(batch: dict) -> int:
+    return int(batch["query"]["attention_mask"].sum() + batch["passages"]["attention_mask"].sum())
+
+
+def to_device(batch: dict, device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            out[k] = {kk: vv.to(device) for kk, vv in v.items()}
+        elif isinstance(v, torch.Tensor):
+            out[k] = v.to(device)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,93 @@
+"""LightningDataModule: training mixture (one source per batch) and held-out retrieval sets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from reasoning_embed.data.contrastive import (
+    ContrastiveCollator,
+    ContrastiveDataset,
+    MixtureBatchSampler,
+    apply_no_negative_policy,
+)
+from reasoning_embed.data.jsonl import data_files, read_jsonl
+from reasoning_embed.retrieval import retrieval_set_from_rows
+
+log = logging.getLogger(__name__)
+
+
+class ContrastiveDataModule(L.LightningDataModule):
+    def __init__(self, train: str, val: str | None = None, batch_size: int = 32, num_negatives: int = 3,
+                 no_negative_policy: str = "drop", bad_rows: str = "error", val_max_queries: int | None = 500,
+                 num_workers: int = 0, seed: int = 0, offline_corpus: str | None = None,
+                 report_dir: str | None = None):
+        super().__init__()
+        self.train_path, self.val_path = train, val
+        self.batch_size, self.num_negatives = batch_size, num_negatives
+        self.no_negative_policy, self.bad_rows = no_negative_policy, bad_rows
+        self.val_max_queries, self.num_workers, self.seed = val_max_queries, num_workers, seed
+        self.offline_corpus, self.report_dir = offline_corpus, report_dir
+        self.tokenizer = None  # TextTokenizer, set by the training entry point
+        self.dataset = self.sampler = None
+        self.val_sets = []
+        self.data_report: dict = {}
+
+    def prepare_data(self):
+        if self.offline_corpus:
+            from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
+
+            build_stdlib_corpus(self.offline_corpus)
+
+    def _read(self, path):
+        rows, report = read_jsonl(path, self.bad_rows)
+        if report.skipped:
+            log.warning("%s: skipped %d malformed rows (bad_rows=skip); first: %s", path, report.skipped,
+                        report.errors[0])
+        return rows, report
+
+    def setup(self, stage: str | None = None):
+        if self.dataset is not None:
+            return
+        self.prepare_data()
+        files_rows, report = [], {"train": {}, "val": {}}
+        for path in data_files(self.train_path):
+            rows, r = self._read(path)
+            rows, dropped = apply_no_negative_policy(rows, self.no_negative_policy, path)
+            report["train"][str(path)] = {"rows": len(rows), "skipped_malformed": r.skipped,
+                                          "dropped_no_negative": dropped, "skipped_examples": r.errors[:5]}
+            files_rows.append(rows)
+        self.dataset = ContrastiveDataset(files_rows, self.num_negatives, self.seed)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self.sampler = MixtureBatchSampler(self.dataset.file_sizes, self.batch_size, world, rank, self.seed)
+        if self.val_path:
+            for path in data_files(self.val_path):
+                rows, r = self._read(path)
+                self.val_sets.append(retrieval_set_from_rows(Path(path).stem, rows, self.val_max_queries, self.seed))
+                report["val"][str(path)] = {"rows": len(rows), "skipped_malformed": r.skipped,
+                                            "queries": len(self.val_sets[-1].queries),
+                                            "corpus": len(self.val_sets[-1].corpus)}
+        self.data_report = report
+        if self.report_dir:
+            from reasoning_embed.utils.io import atomic_write_json
+
+            atomic_write_json(Path(self.report_dir) / "data_report.json", report)
+
+    def train_dataloader(self):
+        if self.tokenizer is None:
+            raise RuntimeError("ContrastiveDataModule.tokenizer must be set (the encoder's TextTokenizer)")
+        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=ContrastiveCollator(self.tokenizer),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        # Validation is retrieval over whole held-out sets, done in the module's validation hook; Lightning
+        # only needs one dummy batch to trigger it.
+        return DataLoader([0], batch_size=1)
+
+    def summary(self) -> str:
+        return json.dumps({k: {Path(p).name: v["rows"] for p, v in d.items()} for k, d in self.data_report.items()})

@@ -1,0 +1,112 @@
+"""Train an embedding model with the contrastive recipe: ``python -m reasoning_embed.train``.
+
+Writes to the Hydra run dir: ``.hydra/``, ``checkpoints/last.ckpt``, ``model/`` (Hugging Face +
+sentence-transformers directory), ``metrics.json`` (held-out retrieval before and after training,
+steps, tokens/s) and ``data_report.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from reasoning_embed.utils.hydra_utils import instantiate_dict, quiet_environment, user_errors_exit
+
+log = logging.getLogger("reasoning_embed.train")
+
+
+def _resolve_ckpt(ckpt_path, output_dir: Path):
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            from reasoning_embed.errors import ReasoningEmbedError
+
+            raise ReasoningEmbedError(f"ckpt_path=last but {last} does not exist; set hydra.run.dir to the run "
+                                      f"you want to resume, or pass ckpt_path=/path/to/file.ckpt")
+        return str(last)
+    return ckpt_path
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, validate, export. Returns the metrics written to ``metrics.json``."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from reasoning_embed.utils.io import atomic_write_json
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    encoder = instantiate(cfg.encoder)
+    datamodule.tokenizer = encoder.tokenizer
+    module = instantiate(cfg.model, encoder=encoder)
+    callbacks = instantiate_dict(cfg.get("callbacks")) + instantiate_dict(cfg.get("extra_callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+    initial = {}
+    has_val = bool(cfg.data.get("val"))
+    if has_val and cfg.get("validate_before_training") and ckpt_path is None:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        initial = dict(module.last_val)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - start
+    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    if has_val:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    final = dict(module.last_val)
+
+    metrics = {
+        "backbone": cfg.backbone.name,
+        "finetune": cfg.finetune.mode,
+        "seed": cfg.seed,
+        "steps": int(trainer.global_step),
+        "tokens_per_s": module.throughput(),
+        "train_seconds": train_seconds,
+        "final_loss": module.last_loss,
+        "initial_val": initial,
+        "final_val": final,
+        "data": datamodule.data_report,
+    }
+    if trainer.is_global_zero:
+        if cfg.get("export", True):
+            from reasoning_embed.models.export import export_encoder
+
+            export_encoder(module.encoder, output_dir / "model")
+        atomic_write_json(output_dir / "metrics.json", metrics)
+        if initial:
+            log.info("held-out nDCG@10: untrained %.4f -> trained %.4f", initial.get("val/ndcg@10", float("nan")),
+                     final.get("val/ndcg@10", float("nan")))
+        log.info("run directory: %s", output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@user_errors_exit
+def main(cfg: DictConfig) -> float | None:
+    quiet_environment()
+    try:
+        metrics = train(cfg)
+    finally:
+        try:
+            import wandb
+
+            wandb.finish()  # so multirun jobs do not merge into one W&B run
+        except ImportError:
+            pass
+    return metrics["final_val"].get("val/ndcg@10")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: everything offline, tiny and built from files the project makes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parents[1]
+
+MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+             intermediate_size=64, vocab_size=1024)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
+
+    return build_stdlib_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def micro_backbone(tmp_path_factory, corpus_dir) -> Path:
+    """A 2-layer, 32-wide Qwen2 with a 1,024-id BPE: the smallest real thing the pipeline accepts."""
+    from reasoning_embed.models.tiny import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("bb") / "micro", corpus_dir, seed=0, **MICRO)
+
+
+@pytest.fixture
+def micro_encoder(micro_backbone):
+    from reasoning_embed.models.encoder import build_encoder
+
+    return build_encoder({"path": str(micro_backbone), "name": "micro"}, max_query_length=32, max_passage_length=48)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def synthetic_rows(n: int, prefix: str = "t", negs: int = 3) -> list[dict]:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+    rows = []
+    for i in range(n):
+        w = [words[(i * 7 + j) % len(words)] for j in range(4)]
+        rows.append({"query": ["Given a word list, retrieve the matching text", f"{prefix}{i} {' '.join(w)}"],
+                     "pos": [f"text {prefix}{i} about {' and '.join(w)}"],
+                     "neg": [f"text {prefix}{(i + k + 1) % n} about {words[(i + k) % len(words)]}"
+                             for k in range(negs)]})
+    return rows
+
+
+@pytest.fixture
+def train_cfg(micro_backbone, corpus_dir, tmp_path):
+    """The train config composed through Hydra, shrunk to a few CPU-seconds, writing under tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    def make(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["debug=fast", "logger=none", *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.data_dir = str(corpus_dir.parent)
+            cfg.data.offline_corpus = str(corpus_dir)
+            cfg.data.train = str(corpus_dir / "train")
+            cfg.data.val = str(corpus_dir / "val")
+            cfg.encoder.corpus_dir = str(corpus_dir)
+            cfg.backbone.path = str(micro_backbone)
+            cfg.backbone.tiny = None
+            cfg.callbacks.progress = None
+        return cfg
+
+    return make
