@@ -1,6 +1,6 @@
 """Benchmark: streaming all-pairs linear CKA vs the paper-style in-RAM reference.
 
-Run:  .venv/bin/python benchmarks/bench_hrsa_cka.py            (about 3-4 minutes on 2 CPU cores)
+Run:  .venv/bin/python benchmarks/bench_hrsa_cka.py            (about 5 minutes on the loaded 2-core VM)
       .venv/bin/python benchmarks/bench_hrsa_cka.py --quick    (smaller, for a smoke test)
 
 Two fake "models" of 13 layers, d = 512, 20,000 token rows (shared latent structure plus
@@ -14,23 +14,32 @@ layer-specific noise, generated in batches from fixed seeds, float32 like real h
     also run with float64 GEMMs (the exact default), which serves as ground truth.
 
 Every configuration runs in its own subprocess; peak memory is that process's peak RSS
-(``ru_maxrss``) minus its RSS just before the work (after imports and, for the reference, not
-counting nothing: the reference's RAM copy of all tokens *is* its working set, so it is counted).
-Timings exclude data generation in both. torch.set_num_threads(2).
+(``ru_maxrss``) minus its RSS just before the work, after imports. The reference's RAM copy of all
+tokens is its working set and is counted; for ours the batch generation is counted too (its own
+peak is printed separately). Timings exclude data generation on both sides.
+torch.set_num_threads(2).
 
-Measured here (2-core AMD EPYC VM, torch 2.13 CPU, shared with another job, so +-15%):
+Measured here (2-core AMD EPYC VM, torch 2.13 CPU, 2 threads; another job kept the load average
+at ~5 on the 2 CPUs during the whole run, so absolute times are ~2x slower than on an idle machine,
+for both sides alike):
 
-    reference (in RAM, fp32, 3 GEMMs/pair)   wall  50.6 s   peak +2139 MiB
-    ours fp32-GEMM / fp64-acc, 20k rows      wall  19.6 s   peak  +553 MiB   speedup 2.58x
-    ours fp32-GEMM / fp64-acc, 10k rows      wall   9.9 s   peak  +553 MiB   (same peak: no growth)
-    ours fp64 (default), 20k rows            wall  42.2 s   peak  +375 MiB
-    max |ours32 - reference| = 1.1e-07, max |ours32 - fp64| = 3.7e-08, max |reference - fp64| = 1.1e-07
-    achieved 138 GFLOP/s vs 150 GFLOP/s for plain torch matmuls of the same shapes (ratio 0.92)
+    reference (in RAM, fp32, 3 GEMMs/pair)   20k rows  wall 71.1 s   peak +2164 MiB
+    ours fp32-GEMM / fp64-acc                20k rows  wall 33.9 s   peak +1060 MiB   speedup 2.10x
+    ours fp32-GEMM / fp64-acc                10k rows  wall 18.7 s   peak +1111 MiB   (no growth with rows)
+    ours fp64 GEMMs (the default mode)       20k rows  wall 69.8 s   peak  +969 MiB   speedup 1.02x
+    generating the fake batches alone peaks at +342 MiB (included in ours); accumulator state
+    561 MiB (fp32 mode: float64 sums + a float32 partial block) / 392 MiB (fp64 mode)
+    max |ours32 - reference| = 2.9e-06, max |ours32 - fp64| = 2.1e-09, max |reference - fp64| = 2.9e-06
+    achieved 60 GFLOP/s (all overheads included) vs 67 GFLOP/s for plain torch matmuls of the
+    same shapes: ratio 0.90
+    whole script: 4 min 51 s
 
-The speedup target of 3x is *not* reached: the reference does 3 * 169 = 507 GEMMs of n x d x d,
-ours does 169 + 26 = 195 (self terms once per layer), so at equal GEMM efficiency the bound is
-2.6x; both sides run float32 GEMMs near this CPU's peak. (Numbers above are filled in from the
-run documented in the report; rerun to reproduce.)
+The 3x speedup target is NOT reached, and cannot be at equal GEMM efficiency: the reference does
+3 * 169 = 507 GEMMs of n x d x d, ours 169 + 26 = 195 (self terms once per layer), a 2.6x bound;
+both sides run float32 GEMMs at the same efficiency, so the remaining gap is our ~10% overhead
+(float64 statistics, flushes, two compute() calls). The accuracy (<= 1e-5), FLOP/s (>= 0.5) and
+memory (flat in the number of rows) targets are met; the reference's RAM grows linearly,
+2 * 2 * 13 * n * 512 * 4 bytes (two models, raw + centred copies: 2.0 GiB at 20k rows).
 """
 
 from __future__ import annotations
@@ -186,7 +195,8 @@ def main() -> None:
     big, small = (4000, 2000) if args.quick else (20000, 10000)
     tmp = tempfile.mkdtemp(prefix="bench_cka_")
     f = lambda name: os.path.join(tmp, name + ".npy")  # noqa: E731
-    print(f"13 x 13 layer pairs, d={D}, batches of {BATCH} rows, torch {torch.__version__}, 2 threads")
+    print(f"13 x 13 layer pairs, d={D}, batches of {BATCH} rows, torch {torch.__version__}, 2 threads, "
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     ref = spawn("ref", big, "fp32", f("ref"))
     print(f"reference (in RAM, fp32, 3 GEMMs/pair)  {big} rows: wall {ref['wall_s']:6.1f} s  peak +{ref['peak_mib']:.0f} MiB")
     s32 = spawn("stream", big, "fp32", f("s32"))
@@ -207,6 +217,7 @@ def main() -> None:
     plain = spawn("plain", big, "fp32", "")
     print(f"achieved {s32['gflops']:.0f} GFLOP/s (fp32 GEMMs, all overheads) vs {plain['gflops']:.0f} GFLOP/s for plain "
           f"torch matmuls of the same shapes: ratio {s32['gflops'] / plain['gflops']:.2f}")
+    print(f"load average at end {os.getloadavg()[0]:.1f} (other jobs on the machine slow both sides alike)")
     print(f"CKA diagonal (biased) mean {np.diag(E).mean():.3f}, debiased {s64['debiased_diag_mean']:.3f}")
 
 

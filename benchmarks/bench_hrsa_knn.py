@@ -1,6 +1,6 @@
 """Benchmark: peak memory (and time) of exact chunked k-NN Jaccard at 20,000 and 50,000 rows.
 
-Run:  .venv/bin/python benchmarks/bench_hrsa_knn.py            (about 3 minutes on 2 CPU cores)
+Run:  .venv/bin/python benchmarks/bench_hrsa_knn.py            (about 2.5 minutes on the loaded 2-core VM)
       .venv/bin/python benchmarks/bench_hrsa_knn.py --quick    (5,000 and 10,000 rows)
 
 Two fake models, d = 256, sharing a latent structure; knn_jaccard(X, Y, k=(5, 10, 50),
@@ -11,7 +11,12 @@ similarity matrix, for comparison, would need n^2 * 8 bytes (3.0 GiB at 20k, 18.
 
 Measured here (2-core AMD EPYC VM, torch 2.13 CPU, 2 threads, machine shared with another job):
 
-    FILLED-IN-BY-RUN
+    n= 20000: wall  19.9 s   peak +198 MiB over the inputs (78 MiB)    dense n x n fp64: 3.0 GiB
+    n= 50000: wall 116.0 s   peak +322 MiB over the inputs (195 MiB)   dense n x n fp64: 18.6 GiB
+    (load average 4.6 on the 2 CPUs from another job during the run; whole script 2 min 24 s)
+
+The peak is the 128 MiB score chunk plus a normalised copy of one input (n x d) and the
+n x k_max neighbour indices of both inputs, i.e. O(n d + n k), never O(n^2).
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args.child)
-    print(f"exact chunked k-NN Jaccard, d={D}, k=(5,10,50), cosine, torch {torch.__version__}, 2 threads")
+    print(f"exact chunked k-NN Jaccard, d={D}, k=(5,10,50), cosine, torch {torch.__version__}, 2 threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for n in ((5000, 10000) if args.quick else (20000, 50000)):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(n)],
                              capture_output=True, text=True, check=True).stdout

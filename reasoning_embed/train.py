@@ -62,7 +62,11 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
-    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    # A checkpoint callback may already have saved this very step mid-epoch (the resumable state); saving
+    # again after fit would record a finished epoch, and resuming from it would train no further.
+    saved = {getattr(cb, "_last_global_step_saved", None) for cb in trainer.callbacks}
+    if trainer.global_step not in saved:
+        trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt", weights_only=False)
     if has_val:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = dict(module.last_val)

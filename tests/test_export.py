@@ -8,6 +8,9 @@ import torch
 def test_export_loads_in_sentence_transformers_with_equal_embeddings(micro_encoder, tmp_path):
     from sentence_transformers import SentenceTransformer
 
+    # sentence-transformers has one max_seq_length (the export takes the larger of the two)
+    micro_encoder.tokenizer.max_query_length = micro_encoder.tokenizer.max_passage_length = 48
+
     from reasoning_embed.models.export import export_encoder
 
     with torch.no_grad():  # move off the init so the check is not trivially symmetric

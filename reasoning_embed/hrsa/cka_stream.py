@@ -11,7 +11,10 @@ For 13 layers of d=512 that is about 0.36 GB; for 29 layers of d=1536 it would b
 large models feed blocks of layers (slices of the stacked tensors) to several accumulators.
 
 Per batch the work is one ``d x d`` GEMM per layer for the self terms (computed once per layer,
-not once per pair) and ``La`` batched GEMMs for the ``La x Lb`` cross terms ``X_i^T Y_j``.
+not once per pair) and ``La`` batched GEMMs for the ``La x Lb`` cross terms ``X_i^T Y_j``: in all
+(La*Lb + La + Lb) GEMMs of n x d x d, against 3*La*Lb for per-pair code that recomputes the self
+terms (so at most 2.6x fewer flops for 13 x 13 layers; the extra debiased statistics cost ~1/d of
+that).
 
 Sufficient statistics (rows shifted by a fixed per-layer vector, the first batch's mean, which
 leaves both CKA forms unchanged and keeps the float64 sums well conditioned):
@@ -30,7 +33,8 @@ From them, with ``m = s_X/n``, ``p = s_Y/n`` (column means):
   + |m|^2 sum b - 3 n |m|^2 |p|^2`` and ``sum a' = sum a - n |m|^2``.
 
 The tests check streaming == one-shot feature form == Gram-space form (Kornblith's unbiased
-centring) == Song et al.'s literal formula, for both the biased and the debiased estimator.
+centring for the debiased estimator) for both estimators, and the debiased one-shot form ==
+Song et al.'s literal formula on uncentred Gram matrices.
 """
 
 from __future__ import annotations
@@ -60,9 +64,10 @@ class CKAAccumulator:
     Args:
         debiased: also keep the (cheap) extra statistics for the unbiased-HSIC (debiased) CKA.
         compute_dtype: dtype of the per-batch GEMMs. ``torch.float64`` (default) is exact to
-            ~1e-12; ``torch.float32`` is about 2x faster on CPUs, with its per-batch partial sums
-            of the cross terms flushed into float64 every ``flush_rows`` rows (error ~1e-7 on the
-            benchmarks). All other statistics are always float64.
+            ~1e-12; ``torch.float32`` is about 2x faster on CPUs: the rows are shifted and
+            multiplied in float32, the cross-term partial sums flushed into float64 every
+            ``flush_rows`` rows, every other statistic accumulated in float64 (difference to the
+            float64 mode: 2e-9 on benchmarks/bench_hrsa_cka.py, 13 x 13 layers, 20k rows).
         flush_rows: rows accumulated in ``compute_dtype`` before flushing into float64.
 
     ``update(xb, yb)``: ``xb`` is ``La x b x da`` (or ``b x da``), ``yb`` is ``Lb x b x db``, the
@@ -113,34 +118,36 @@ class CKAAccumulator:
         Lb, _, db = y.shape
         if b == 0:
             return
+        cd = self.compute_dtype
         if not self._init:
             self._allocate(La, Lb, da, db, x.device)
             # Fixed shift = first batch's mean: CKA (both forms) is shift-invariant, and sums of
             # nearly centred rows do not cancel catastrophically at the end.
-            self.mux = x.to(torch.float64).mean(1, keepdim=True)
-            self.muy = y.to(torch.float64).mean(1, keepdim=True)
+            self.mux = x.to(torch.float64).mean(1, keepdim=True).to(cd)
+            self.muy = y.to(torch.float64).mean(1, keepdim=True).to(cd)
         elif self.shape != (La, Lb, da, db):
             raise ValueError(f"batch shapes {(La, Lb, da, db)} differ from the first batch's {self.shape}")
 
-        x64 = x.to(torch.float64) - self.mux
-        y64 = y.to(torch.float64) - self.muy
-        cd = self.compute_dtype
-        xc = x64 if cd == torch.float64 else x64.to(cd)
-        yc = y64 if cd == torch.float64 else y64.to(cd)
+        # One shifted copy in compute_dtype feeds the GEMMs; every other statistic is taken from
+        # the same values in float64, so all statistics describe exactly the same data.
+        xc = x.to(cd) - self.mux
+        yc = y.to(cd) - self.muy
 
         # Cross terms: La batched GEMMs (each Lb x (da x b) @ (b x db)), written in place.
         target = self.C if self._Cpart is None else self._Cpart
         for i in range(La):
             target[i].baddbmm_(xc[i].mT.expand(Lb, da, b), yc)
         # Self terms: once per layer, not once per pair.
-        self.Sx += torch.bmm(xc.mT, xc).to(torch.float64)
-        self.Sy += torch.bmm(yc.mT, yc).to(torch.float64)
+        self.Sx += torch.bmm(xc.mT, xc)
+        self.Sy += torch.bmm(yc.mT, yc)
+
+        x64 = xc if cd == torch.float64 else xc.to(torch.float64)
+        y64 = yc if cd == torch.float64 else yc.to(torch.float64)
         self.sx += x64.sum(1)
         self.sy += y64.sum(1)
-
         if self.track_debiased:
-            a = (x64 * x64).sum(-1)                       # La x b
-            bb = (y64 * y64).sum(-1)                      # Lb x b
+            a = torch.linalg.vector_norm(x64, dim=-1) ** 2          # La x b, ||x_t||^2
+            bb = torch.linalg.vector_norm(y64, dim=-1) ** 2         # Lb x b
             self.suma += a.sum(1)
             self.sumb += bb.sum(1)
             self.suma2 += (a * a).sum(1)

@@ -2,6 +2,8 @@
 
 ``model/config.json`` carries ``"is_causal": false``; ``modules.json`` chains Transformer -> Pooling
 (``include_prompt: false`` so instruction tokens are excluded as in training) -> Normalize.
+sentence-transformers has a single ``max_seq_length``: the export takes the larger of the encoder's query
+and passage limits (the recipe uses 512 for both, so embeddings match exactly).
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ class ContrastiveModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self):
+        self._skip_consumed_batches()
         world = self.trainer.world_size
         dm = self.trainer.datamodule
         per_device = dm.batch_size if dm is not None else None
@@ -70,12 +71,15 @@ class ContrastiveModule(L.LightningModule):
     def on_fit_start(self):
         self.encoder.train()  # from_pretrained returns eval mode
 
-    def on_train_epoch_start(self):
+    def _skip_consumed_batches(self):
         # Resuming mid-epoch: skip the batches this epoch already consumed (the sampler is deterministic).
+        # Lightning does not call on_train_epoch_start when it restarts mid-epoch, hence on_train_start too.
         sampler = getattr(self.trainer.datamodule, "sampler", None)
         if sampler is not None:
-            steps_per_epoch = len(sampler)
-            sampler.skip = max(0, self.global_step - self.current_epoch * steps_per_epoch)
+            sampler.skip = max(0, self.global_step - self.current_epoch * len(sampler))
+
+    def on_train_epoch_start(self):
+        self._skip_consumed_batches()
 
     def _gather(self, p: torch.Tensor) -> tuple[torch.Tensor, int]:
         if self.trainer.world_size > 1:
@@ -135,7 +139,7 @@ class ContrastiveModule(L.LightningModule):
         elapsed = time.perf_counter() - start
         tokens = batch_tokens(batch)
         self._tokens += tokens
-        self.last_loss = float(loss)
+        self.last_loss = float(loss.detach())
         self._step_time += elapsed
         self.log_dict({
             "train/loss": loss.detach(), "train/acc": stats["acc"], "train/pos_sim": stats["pos_sim"],
