@@ -57,3 +57,10 @@ def test_ddp_two_ranks_equals_single_process_global_batch(train_cfg, tmp_path):
     single = _grads(train_cfg, tmp_path, "single", 8, [])
     ddp = _grads(train_cfg, tmp_path, "ddp", 4, ["trainer=ddp_spawn_cpu"])
     _assert_same(ddp, single)
+
+
+@pytest.mark.slow
+def test_ddp_with_grad_cache_equals_single_process_global_batch(train_cfg, tmp_path):
+    single = _grads(train_cfg, tmp_path, "single", 8, [])
+    ddp_cached = _grads(train_cfg, tmp_path, "ddp_cached", 4, ["trainer=ddp_spawn_cpu"], chunk_size=2)
+    _assert_same(ddp_cached, single)

@@ -1,0 +1,34 @@
+# reasoning-embed: `make train` and `make test` install what they need into .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines pin the CPU torch wheel; on a GPU cluster use `make install CONSTRAINTS=` (your torch build).
+CONSTRAINTS ?= constraints-cpu.txt
+STAMP := $(VENV)/.installed-stamp
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+ARGS ?=
+
+.PHONY: help install train test test-fast study-tiny benchmarks clean
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package (+ dev tools)
+
+train: $(STAMP)  ## the default offline run (tiny backbone, stdlib corpus); extra overrides: make train ARGS="..."
+	$(OFFLINE) $(PY) -m reasoning_embed.train $(ARGS)
+
+test: $(STAMP)  ## the whole test suite, offline
+	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## the suite without tests marked slow
+	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+benchmarks: $(STAMP)  ## print the benchmark figures (minutes)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(OFFLINE) $(PY) $$b || exit 1; done
+
+clean:  ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs/* multirun .pytest_cache .hypothesis && touch outputs/.gitkeep
