@@ -27,6 +27,11 @@ test: $(STAMP)  ## the whole test suite, offline
 test-fast: $(STAMP)  ## the suite without tests marked slow
 	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(ARGS)
 
+STUDY ?= outputs/study-tiny/$(shell date +%Y-%m-%d_%H-%M-%S)
+study-tiny: $(STAMP)  ## the whole study on the offline tiny triple (12 jobs) and its report
+	-$(OFFLINE) $(PY) -m reasoning_embed.train -m experiment=tiny_pairs hydra.sweep.dir=$(STUDY) $(ARGS)
+	$(OFFLINE) $(PY) -m reasoning_embed.report sweep=$(STUDY)
+
 benchmarks: $(STAMP)  ## print the benchmark figures (minutes)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(OFFLINE) $(PY) $$b || exit 1; done
 

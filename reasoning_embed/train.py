@@ -96,12 +96,40 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def _sweep_context() -> None:
+    """In a multirun, group the W&B runs by sweep (unless WANDB_RUN_GROUP is set)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        os.environ.setdefault("WANDB_RUN_GROUP", Path(hc.sweep.dir).name)
+
+
+def _record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """A failed job leaves failed.json in its run dir, so the sweep report can list it."""
+    import traceback
+
+    from reasoning_embed.utils.io import atomic_write_json
+
+    atomic_write_json(Path(cfg.paths.output_dir) / "failed.json", {
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error))[-5000:],
+    })
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
     quiet_environment()
+    _sweep_context()
     try:
         metrics = train(cfg)
+    except BaseException as e:  # Hydra's multirun goes on with the other jobs; the report lists this one
+        _record_failure(cfg, e)
+        raise
     finally:
         try:
             import wandb

@@ -15,6 +15,17 @@ from reasoning_embed.mining.margin_filter import filter_file
 from reasoning_embed.mining.reference import Reference
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The micro model's matrices are tiny: one thread avoids OpenMP barriers that cost 10x on a busy box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class TableReference(Reference):
     """A fake reference with chosen geometry: text -> unit vector in the plane, queries at angle 0,
     so cos(query, text) is exactly the number the text was given."""
@@ -128,7 +139,10 @@ def test_filter_cli_with_a_real_reference(micro_backbone, corpus_dir, tmp_path):
     kept = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
     assert rep["rows_in"] == 40 and rep["rows_out"] == len(kept) == 40 - rep["dropped_below_min_margin"]
     enc = build_encoder({"path": str(micro_backbone)}, max_query_length=32, max_passage_length=32)
-    for row in kept:
-        q = enc.encode([row["query"][1]], None, is_query=True)
-        margin = (q @ enc.encode(row["pos"]).T).max() - (q @ enc.encode(row["neg"]).T).max()
+    q = enc.encode([r["query"][1] for r in kept], None, is_query=True)
+    texts = sorted({t for r in kept for t in r["pos"] + r["neg"]})
+    sims = (q @ enc.encode(texts).T).numpy()
+    col = {t: i for i, t in enumerate(texts)}
+    for j, row in enumerate(kept):
+        margin = max(sims[j, col[p]] for p in row["pos"]) - max(sims[j, col[n]] for n in row["neg"])
         assert row["margin"] == pytest.approx(float(margin), abs=1e-5) and row["margin"] >= 0.0

@@ -1,8 +1,10 @@
 """The mteb 2.x model adapter: this framework's ``Encoder`` behind mteb's encoder *and* search protocols.
 
-Encoding (``encode``): all texts of an mteb call are gathered from its DataLoader and embedded in one
-``Encoder.encode`` call, which sorts them longest first (little padding) and restores the order. The
-instruction comes from an :class:`InstructionTable` looked up by task name:
+Encoding (``encode``): all texts of an mteb call are gathered from its DataLoader and embedded together,
+grouped longest first by token count (little padding), in the original order on return; inputs, forward
+and pooling are ``Encoder.encode``'s (see ``embed``). Texts are
+stripped the way sentence-transformers strips ``prompt + text`` before tokenizing (so an export embeds
+identically here and as a plain ``SentenceTransformer``). The instruction comes from an :class:`InstructionTable` looked up by task name:
 
 - ``prompt_type == query``     -> ``"Instruct: {instruction}\\nQuery: " + text`` (prompt tokens attended to,
   excluded from mean pooling);
@@ -102,17 +104,64 @@ class MtebEncoderAdapter:
     # ---- EncoderProtocol ------------------------------------------------------------------------------
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None,
                **kwargs: Any) -> np.ndarray:
-        texts = [t for batch in inputs for t in batch["text"]]
         instruction = self.instruction_for(task_metadata, prompt_type)
+        # sentence-transformers tokenizes (prompt + text).strip(): do the same, so an export scores
+        # identically here and as a plain SentenceTransformer in mteb
+        prompted = bool(self.encoder.tokenizer.prompt(instruction))
+        texts = [t.rstrip() if prompted else t.strip() for batch in inputs for t in batch["text"]]
         batch_size = int(kwargs.get("batch_size") or self.batch_size)
         self.calls.append({"task": task_metadata.name, "split": hf_split, "subset": hf_subset,
                            "prompt_type": getattr(prompt_type, "value", prompt_type), "instruction": instruction,
                            "n": len(texts)})
         if not texts:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        emb = self.encoder.encode(texts, instruction, batch_size=batch_size, is_query=instruction is not None,
-                                  progress=bool(kwargs.get("show_progress_bar", self.show_progress)))
-        return emb.numpy()
+        return self.embed(texts, instruction, batch_size,
+                          progress=bool(kwargs.get("show_progress_bar", self.show_progress))).numpy()
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], instruction: str | None, batch_size: int, progress: bool = False) -> torch.Tensor:
+        """``Encoder.encode(texts, instruction)`` with batches grouped by *token* length.
+
+        The texts are tokenized once (the TextTokenizer's rules: prompt + text, truncation to the query or
+        passage limit, special tokens as configured), ordered longest first by token count, and padded per
+        batch, so a batch holds texts of nearly equal length (sorting by characters, as sentence-transformers
+        does, mixes code and prose of very different token counts). Same inputs, same forward, same
+        pooling as ``Encoder.encode``; only the grouping differs."""
+        enc, tok = self.encoder, self.encoder.tokenizer
+        is_query = instruction is not None
+        prompt = tok.prompt(instruction) if is_query else ""
+        max_length = tok.max_query_length if is_query else tok.max_passage_length
+        ids = tok.hf([prompt + t for t in texts], padding=False, truncation=True, max_length=max_length,
+                     add_special_tokens=tok.add_special_tokens)["input_ids"]
+        plen = tok.prompt_length(prompt)
+        pad_id = tok.hf.pad_token_id
+        left = tok.hf.padding_side == "left"
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        out = torch.empty(len(texts), enc.dim)
+        was_training = enc.training
+        enc.eval()
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode", unit="batch")
+        try:
+            for start in starts:
+                idx = order[start:start + batch_size]
+                width = max(len(ids[i]) for i in idx)
+                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    n = len(ids[i])
+                    cols = slice(width - n, width) if left else slice(0, n)
+                    input_ids[row, cols] = torch.tensor(ids[i], dtype=torch.long)
+                    mask[row, cols] = 1
+                prompt_length = torch.full((len(idx),), plen, dtype=torch.long)
+                emb = enc(input_ids.to(enc.device), mask.to(enc.device), prompt_length.to(enc.device))
+                out[idx] = emb.float().cpu()
+        finally:
+            enc.train(was_training)
+        return out
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         from mteb.similarity_functions import cos_sim, dot_score

@@ -25,6 +25,7 @@ log = logging.getLogger("reasoning_embed.evaluation")
 
 _ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last_token",
                "pooling_mode_cls_token": "first"}
+_ST_POOLING_MODE = {"mean": "mean", "lasttoken": "last_token", "cls": "first"}
 _ENCODER_KEYS = ("attention", "pooling", "normalize", "attn_implementation", "dtype", "max_query_length",
                  "max_passage_length", "query_template", "add_special_tokens")
 BACKBONE_DEFAULTS = dict(attention="bidirectional", pooling="mean", normalize=True, attn_implementation="sdpa",
@@ -33,6 +34,8 @@ BACKBONE_DEFAULTS = dict(attention="bidirectional", pooling="mean", normalize=Tr
 
 
 def _export_settings(model_dir: Path) -> dict:
+    """What a sentence-transformers export says about pooling, normalisation, length and attention
+    (sentence-transformers 6 layout, with the pre-6 keys as a fallback)."""
     out: dict = {}
     modules_file = model_dir / "modules.json"
     if modules_file.exists():
@@ -43,14 +46,21 @@ def _export_settings(model_dir: Path) -> dict:
                 pcfg_file = model_dir / m.get("path", "") / "config.json"
                 if pcfg_file.exists():
                     pcfg = json.loads(pcfg_file.read_text())
-                    for key, mode in _ST_POOLING.items():
+                    mode = pcfg.get("pooling_mode")
+                    if isinstance(mode, str) and mode in _ST_POOLING_MODE:
+                        out["pooling"] = _ST_POOLING_MODE[mode]
+                    for key, value in _ST_POOLING.items():
                         if pcfg.get(key):
-                            out["pooling"] = mode
+                            out["pooling"] = value
+    max_len = None
     st_cfg = model_dir / "sentence_bert_config.json"
     if st_cfg.exists():
         max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
-        if max_len:
-            out["max_query_length"] = out["max_passage_length"] = int(max_len)
+    tok_cfg = model_dir / "tokenizer_config.json"
+    if not max_len and tok_cfg.exists():  # sentence-transformers 6 keeps max_seq_length here
+        max_len = json.loads(tok_cfg.read_text()).get("model_max_length")
+    if max_len and int(max_len) < 1_000_000:
+        out["max_query_length"] = out["max_passage_length"] = int(max_len)
     config = model_dir / "config.json"
     if config.exists():
         is_causal = json.loads(config.read_text()).get("is_causal")

@@ -11,11 +11,17 @@ Geometry level: :func:`linear_cka`, :func:`cka_matrix`, :class:`CKAAccumulator`,
 :func:`knn_jaccard`. Function level: :func:`linear_probe_transfer`, :func:`stratified_split`.
 Statistics: :func:`bootstrap_ci`, :func:`permutation_test`, :func:`cka_permutation_test`.
 Massive activations: :func:`massive_activation_dims`, :func:`zscore_columns`, :func:`clamp_quantile`.
+Fast exact nulls: :func:`cka_bootstrap_ci`, :func:`knn_bootstrap_ci`, :func:`knn_permutation_test`.
+
+Two models end to end (``python -m reasoning_embed.hrsa``): :mod:`.texts` (inputs), :mod:`.features`
+(streaming extraction, token sample), :mod:`.analysis` (every metric), :mod:`.figures`, :mod:`.pipeline`
+(imported lazily: they pull in transformers and matplotlib).
 """
 
 from .cka import hsic_unbiased, linear_cka, linear_cka_gram
 from .cka_stream import CKAAccumulator, cka_matrix
 from .dimcorr import DimCorrResult, dimension_wise_correlation
+from .fast_stats import cka_bootstrap_ci, knn_bootstrap_ci, knn_permutation_test
 from .knn import KNNResult, dedupe_rows, knn_indices, knn_jaccard
 from .massive import MassiveActivationReport, clamp_quantile, massive_activation_dims, zscore_columns
 from .probe import ProbeTransferResult, linear_probe_transfer, stratified_split
@@ -34,4 +40,5 @@ __all__ = [
     "bootstrap_ci", "permutation_test", "cka_permutation_test", "group_permutations",
     "permutation_p_value", "BootstrapResult", "PermutationResult",
     "massive_activation_dims", "zscore_columns", "clamp_quantile", "MassiveActivationReport",
+    "cka_bootstrap_ci", "knn_bootstrap_ci", "knn_permutation_test",
 ]

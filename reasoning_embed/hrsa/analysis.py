@@ -46,7 +46,7 @@ def dimcorr_matrix(Xs: torch.Tensor, Ys: torch.Tensor, eps: float = 1e-10) -> tu
 
     Equal per pair to :func:`~reasoning_embed.hrsa.dimension_wise_correlation` (same exclusion
     rule: a column with std <= eps * max column std, or 0, in either layer is excluded). Cost
-    La*Lb*n*d, one standardisation per layer.
+    La*Lb*n*d, one standardisation per layer, no temporary larger than one layer.
     """
     Xs, Ys = Xs.to(torch.float64), Ys.to(torch.float64)
     Xc = Xs - Xs.mean(1, keepdim=True)
@@ -56,7 +56,8 @@ def dimcorr_matrix(Xs: torch.Tensor, Ys: torch.Tensor, eps: float = 1e-10) -> tu
     oky = (sy > eps * sy.amax(1, keepdim=True)) & (sy > 0)
     Zx = torch.where(okx[:, None, :], Xc / sx.clamp_min(1e-300)[:, None, :], torch.zeros_like(Xc))
     Zy = torch.where(oky[:, None, :], Yc / sy.clamp_min(1e-300)[:, None, :], torch.zeros_like(Yc))
-    r = torch.einsum("ind,jnd->ijd", Zx, Zy).clamp(-1.0, 1.0)                               # La x Lb x d
+    r = torch.stack([torch.stack([torch.linalg.vecdot(Zx[i], Zy[j], dim=0) for j in range(Ys.shape[0])])
+                     for i in range(Xs.shape[0])]).clamp(-1.0, 1.0)                         # La x Lb x d
     ok = okx[:, None, :] & oky[None, :, :]
     n_ok = ok.sum(-1)
     mean = torch.where(n_ok > 0, (r * ok).sum(-1) / n_ok.clamp_min(1), torch.full_like(n_ok, float("nan"),
@@ -80,6 +81,15 @@ def _stats_rows(ext: Extraction, tokens_per_text: int, max_texts: int, seed: int
         if len(out) >= max_texts:
             break
     return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _boot_entry(b) -> dict:
+    ok = b.samples[torch.isfinite(b.samples)]
+    mean = float(ok.mean()) if ok.numel() else float("nan")
+    est = b.estimate
+    return {"estimate": _nan_to_none(est), "low": _nan_to_none(b.low), "high": _nan_to_none(b.high),
+            "boot_bias": _nan_to_none(mean - est), "basic_low": _nan_to_none(2 * est - b.high),
+            "basic_high": _nan_to_none(2 * est - b.low)}
 
 
 def _probe(ext: Extraction, labels, cfg: dict, seed: int) -> dict:
@@ -127,7 +137,8 @@ def _massive(ext: Extraction, ratio: float) -> dict:
             all_ratio = mx_all[li] / med if med > 0 else torch.full_like(mx_all[li], float("inf"))
             flagged_all = torch.nonzero(all_ratio > ratio).flatten()
             rows = rep.rows
-            first_frac = float((ext.sample_pos[rows] == 0).double().mean()) if rows.numel() else None
+            first_frac = (float((ext.sample_pos[rows] == 0).double().mean())
+                          if rows.numel() and ext.level == "token" else None)
             per.append({
                 "layer": layer, "median_abs": med,
                 "sample_dims": rep.dims.tolist(), "sample_max_abs": rep.max_abs.tolist(),
@@ -148,10 +159,15 @@ def _massive(ext: Extraction, ratio: float) -> dict:
 
 def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str = "cosine",
             knn_max_rows: int = 4000, procrustes_test_fraction: float = 0.2, dimcorr_pairs: str = "all",
-            stats_layers: str = "all", stats_tokens_per_text: int = 16, stats_max_texts: int = 256,
+            stats_layers: str = "last", stats_tokens_per_text: int = 8, stats_max_texts: int = 256,
             n_boot: int = 200, n_perm: int = 200, alpha: float = 0.05, probe: dict | None = None,
-            massive_ratio: float = 100.0, seed: int = 0, progress: bool = False) -> tuple[dict, dict]:
-    """Compute every metric; returns ``(report, arrays)`` (arrays: tensors for the figures)."""
+            massive_ratio: float = 100.0, seed: int = 0, progress: bool = False,
+            device=None) -> tuple[dict, dict]:
+    """Compute every metric; returns ``(report, arrays)`` (arrays: tensors for the figures).
+
+    ``device``: where the row-based metrics run (the sample stays on the CPU; one layer at a time is
+    moved), e.g. ``cuda`` for exact k-NN on tens of thousands of rows.
+    """
     from .cka import linear_cka
     from .dimcorr import dimension_wise_correlation
     from .fast_stats import cka_bootstrap_ci, knn_bootstrap_ci, knn_permutation_test
@@ -161,6 +177,16 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
     from .stats import cka_permutation_test
 
     t0 = time.perf_counter()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+
+    def rows_a(i, r=None):
+        x = ext.sample_a[i] if r is None else ext.sample_a[i, r]
+        return x.to(dev)
+
+    def rows_b(j, r=None):
+        y = ext.sample_b[j] if r is None else ext.sample_b[j, r]
+        return y.to(dev)
+
     probe = {"min_per_class": 10, "split": (0.8, 0.1, 0.1), "C": 1.0, "max_iter": 5000, **(probe or {})}
     La, Lb = len(ext.layers_a), len(ext.layers_b)
     pairs = diagonal_pairs(La, Lb)
@@ -197,7 +223,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
     knn_rows = torch.from_numpy(np.sort(rng.choice(n_s, size=min(n_s, knn_max_rows), replace=False)))
     per = []
     for i, j in pairs:
-        X, Y = ext.sample_a[i, knn_rows], ext.sample_b[j, knn_rows]
+        X, Y = rows_a(i, knn_rows), rows_b(j, knn_rows)
         keep, _ = dedupe_rows(X, Y)
         ks = [k for k in knn_k if 0 < k < keep.numel()]
         if not ks:
@@ -220,10 +246,11 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
     fit, test = split_rows(n_s, procrustes_test_fraction, seed=seed, groups=groups)
     per = []
     for i, j in pairs:
-        X, Y = ext.sample_a[i], ext.sample_b[j]
+        X, Y = rows_a(i), rows_b(j)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            r = orthogonal_procrustes(X[fit], Y[fit], X[test], Y[test])
+            f, te = fit.to(dev), test.to(dev)
+            r = orthogonal_procrustes(X[f], Y[f], X[te], Y[te])
         d = min(r.O.shape)
         entry = {**layer_pair(i, j), "rvr_test": r.rvr_test, "cosine_test": r.cosine_test,
                  "row_cosine_test": r.row_cosine_test, "rvr_in_sample": r.rvr, "cosine_in_sample": r.cosine,
@@ -235,7 +262,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
         per.append(entry)
         report["warnings"].extend(f"procrustes layer {ext.layers_a[i]}/{ext.layers_b[j]}: {w}" for w in r.warnings)
         if (i, j) == pairs[-1]:
-            arrays["procrustes_O"] = r.O
+            arrays["procrustes_O"] = r.O.cpu()
     report["procrustes"] = {"direction": "A -> B (X_a O ~ X_b)", "n_fit": int(fit.numel()), "n_test": int(test.numel()),
                             "texts_fit": int(torch.unique(groups[fit]).numel()),
                             "texts_test": int(torch.unique(groups[test]).numel()),
@@ -249,12 +276,13 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
     else:
         diag = []
         for i, j in pairs:
-            r = dimension_wise_correlation(ext.sample_a[i], ext.sample_b[j])
+            r = dimension_wise_correlation(rows_a(i), rows_b(j))
             diag.append({**layer_pair(i, j), "mean": _nan_to_none(r.mean), "n_valid": r.n_valid,
                          "n_excluded": r.n_excluded, "excluded": r.excluded.tolist()})
         entry = {"pairs": dimcorr_pairs, "n_rows": n_s, "diagonal": diag}
         if dimcorr_pairs == "all":
-            mean, n_exc = dimcorr_matrix(ext.sample_a, ext.sample_b)
+            mean, n_exc = dimcorr_matrix(ext.sample_a.to(dev), ext.sample_b.to(dev))
+            mean, n_exc = mean.cpu(), n_exc.cpu()
             entry.update(mean=_mat(mean), n_excluded=n_exc.tolist())
             arrays["dimcorr"] = mean
         report["dimcorr"] = entry
@@ -276,24 +304,27 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
 
             iterator = tqdm(stat_pairs, desc="hrsa nulls", unit="layer")
         for i, j in iterator:
-            X, Y = ext.sample_a[i, srows].double(), ext.sample_b[j, srows].double()
+            X, Y = rows_a(i, srows).double(), rows_b(j, srows).double()
             keep, _ = dedupe_rows(X, Y)
+            keep = keep.cpu()
             g = sgroups
             if keep.numel() < X.shape[0]:                # only rows equal in both (e.g. layer 0 token ids)
-                X, Y = X[keep], Y[keep]
+                X, Y = X[keep.to(dev)], Y[keep.to(dev)]
                 g = sgroups[keep] if sgroups is not None else None
             entry = {**layer_pair(i, j), "n_rows": int(X.shape[0]), "rows_collapsed": int(srows.numel() - X.shape[0])}
             cka = {}
             if n_boot > 0:
                 bs = cka_bootstrap_ci(X, Y, g, n_boot=n_boot, alpha=alpha, seed=seed)
                 for name, b in bs.items():
-                    cka[name] = {"estimate": _nan_to_none(b.estimate), "low": _nan_to_none(b.low),
-                                 "high": _nan_to_none(b.high)}
+                    cka[name] = _boot_entry(b)
             if n_perm > 0:
                 for name, deb in (("biased", False), ("debiased", True)):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
-                        p = cka_permutation_test(X, Y, g, n_perm=n_perm, seed=seed, debiased=deb)
+                        # feature form: one n x d x d GEMM per permutation (the Gram form's n^2 gathers are
+                        # far slower on CPU at these sizes)
+                        p = cka_permutation_test(X, Y, g, n_perm=n_perm, seed=seed, debiased=deb,
+                                                 method="feature")
                     cka.setdefault(name, {"estimate": _nan_to_none(linear_cka(X, Y, deb))})
                     cka[name].update(p_value=p.p_value, null_mean=float(p.null.mean()),
                                      null_q95=float(torch.quantile(p.null, 0.95)),
@@ -303,7 +334,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
             knn = {}
             if ks and n_boot > 0:
                 for k, b in knn_bootstrap_ci(X, Y, g, ks, knn_metric, n_boot=n_boot, alpha=alpha, seed=seed).items():
-                    knn[str(k)] = {"estimate": b.estimate, "low": _nan_to_none(b.low), "high": _nan_to_none(b.high)}
+                    knn[str(k)] = _boot_entry(b)
             if ks and n_perm > 0:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -314,13 +345,23 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
                                        exchangeable_fraction=p.exchangeable_fraction)
             entry["knn_jaccard"] = knn
             per.append(entry)
+            for metric, vals in (("CKA", cka), ("k-NN Jaccard", knn)):
+                off = [name for name, v in vals.items() if v.get("low") is not None
+                       and not v["low"] <= v["estimate"] <= v["high"]]
+                if off:
+                    report["warnings"].append(
+                        f"stats layer {ext.layers_a[i]}/{ext.layers_b[j]}: {metric} {off} estimate outside its "
+                        "percentile bootstrap interval (resampling shifts it: see boot_bias and the basic interval)")
         report["stats"] = {
             "n_boot": n_boot, "n_perm": n_perm, "alpha": alpha, "layers": stats_layers,
             "n_rows": int(srows.numel()), "n_texts": n_groups,
             "tokens_per_text": stats_tokens_per_text if ext.level == "token" else None,
             "rows": ("the same random tokens_per_text tokens of each of up to stats_max_texts sample texts (token "
                      "level) or the sample texts (pooled level); estimates here are on these rows"),
-            "bootstrap": "percentile interval, texts resampled with replacement (copies collapsed for k-NN)",
+            "bootstrap": ("texts resampled with replacement (copies collapsed for k-NN); low/high: percentile interval; "
+                          "boot_bias = mean(bootstrap) - estimate: resampled data repeat texts, which moves CKA (fewer "
+                          "distinct rows) and k-NN (a smaller neighbour pool); basic_low/basic_high = 2 * estimate - "
+                          "the percentile bounds corrects that shift to first order"),
             "permutation": "texts of model B re-paired with texts of model A; p = (1 + #{null >= obs}) / (K + 1)",
             "per_layer": per}
     tick("stats", t)

@@ -67,25 +67,32 @@ def _interval(samples: torch.Tensor, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _weighted_cka(X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
-    """(biased, debiased) linear CKA of the matrix holding row t of (X, Y) w_t times."""
+def _weighted_cka(X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, x2: torch.Tensor,
+                  y2: torch.Tensor) -> tuple[float, float]:
+    """(biased, debiased) linear CKA of the matrix holding row t of (X, Y) w_t times.
+
+    Uncentred weighted statistics, centred afterwards (X, Y should be roughly centred already);
+    ``x2``, ``y2``: squared row norms of X and Y.
+    """
     N = float(w.sum())
-    m = (w @ X) / N
+    Xw = X * w[:, None]
+    m = Xw.sum(0) / N
     p = (w @ Y) / N
-    Xc, Yc = X - m, Y - p
-    Xw = Xc * w[:, None]
-    xy = torch.linalg.matrix_norm(Xw.T @ Yc) ** 2
-    xx = torch.linalg.matrix_norm(Xw.T @ Xc) ** 2
-    yy = torch.linalg.matrix_norm((Yc * w[:, None]).T @ Yc) ** 2
+    C = Xw.T @ Y - N * torch.outer(m, p)
+    Sx = Xw.T @ X - N * torch.outer(m, m)
+    Sy = (Y * w[:, None]).T @ Y - N * torch.outer(p, p)
+    xy, xx, yy = (torch.linalg.matrix_norm(M) ** 2 for M in (C, Sx, Sy))
     biased = float(xy / torch.sqrt(xx * yy)) if float(xx) > 0 and float(yy) > 0 else float("nan")
     if N <= 3:
         return biased, float("nan")
-    a, b = (Xc * Xc).sum(1), (Yc * Yc).sum(1)
-    sa, sb = float(w @ a), float(w @ b)
+    a = x2 - 2.0 * (X @ m) + m @ m                   # squared norms of the centred rows
+    b = y2 - 2.0 * (Y @ p) + p @ p
+    wa, wb = w * a, w * b
+    sa, sb = float(wa.sum()), float(wb.sum())
     c1, c2 = N / (N - 2.0), 1.0 / ((N - 1.0) * (N - 2.0))
-    xy_u = xy - c1 * float(w @ (a * b)) + c2 * sa * sb
-    xx_u = xx - c1 * float(w @ (a * a)) + c2 * sa * sa
-    yy_u = yy - c1 * float(w @ (b * b)) + c2 * sb * sb
+    xy_u = xy - c1 * float(wa @ b) + c2 * sa * sb
+    xx_u = xx - c1 * float(wa @ a) + c2 * sa * sa
+    yy_u = yy - c1 * float(wb @ b) + c2 * sb * sb
     debiased = float(xy_u / torch.sqrt(xx_u * yy_u)) if float(xx_u) > 0 and float(yy_u) > 0 else float("nan")
     return biased, debiased
 
@@ -102,12 +109,14 @@ def cka_bootstrap_ci(X, Y, groups=None, n_boot: int = 1000, alpha: float = 0.05,
     X, Y = as_f64(X, "X"), as_f64(Y, "Y")
     n = same_rows(X, Y)
     weights, G = _bootstrap_weights(groups, n, n_boot, seed)
-    est = _weighted_cka(X, Y, torch.ones(n, dtype=torch.float64, device=X.device))
+    X, Y = X - X.mean(0), Y - Y.mean(0)             # shift-invariant; keeps the uncentred sums well conditioned
+    x2, y2 = (X * X).sum(1), (Y * Y).sum(1)
+    est = _weighted_cka(X, Y, torch.ones(n, dtype=torch.float64, device=X.device), x2, y2)
     samples = torch.empty(2, n_boot, dtype=torch.float64)
     for i, w in enumerate(weights):
         w = w.to(X.device)
         r = torch.nonzero(w).flatten()
-        samples[:, i] = torch.tensor(_weighted_cka(X[r], Y[r], w[r]), dtype=torch.float64)
+        samples[:, i] = torch.tensor(_weighted_cka(X[r], Y[r], w[r], x2[r], y2[r]), dtype=torch.float64)
     out = {}
     for j, name in enumerate(("biased", "debiased")):
         lo, hi = _interval(samples[j], alpha)
@@ -140,12 +149,21 @@ def _pool_knn(Z, sq, lists, pool, rows, k):
     return out
 
 
-def _jaccard_rows(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-    a, _ = torch.sort(a[:, :k], dim=1)
-    b = b[:, :k].contiguous()
-    pos = torch.searchsorted(a, b).clamp_max(k - 1)
-    inter = (a.gather(1, pos) == b).sum(1).to(torch.float64)
-    return inter / (2 * k - inter)
+def _jaccard_multi(a: torch.Tensor, b: torch.Tensor, ks) -> list[torch.Tensor]:
+    """Per-row Jaccard of the first k entries of ordered neighbour lists a and b, for every k in ks.
+
+    One sort and one search for all k: r[t, j] is the rank of a[t, j] in b[t] (len(b[t]) if absent),
+    so |a_k(t) ∩ b_k(t)| = #{j < k : r[t, j] < k}.
+    """
+    bs, bo = torch.sort(b, dim=1)
+    pos = torch.searchsorted(bs, a.contiguous()).clamp_max(b.shape[1] - 1)
+    hit = bs.gather(1, pos) == a
+    rank = torch.where(hit, bo.gather(1, pos), torch.full_like(pos, b.shape[1]))
+    out = []
+    for k in ks:
+        inter = (rank[:, :k] < k).sum(1).to(torch.float64)
+        out.append(inter / (2 * k - inter))
+    return out
 
 
 def _check_ks(k, n):
@@ -162,7 +180,7 @@ def knn_bootstrap_ci(X, Y, groups=None, k=(5, 10, 50), metric: str = "cosine", n
 
     Same resamples and values as ``bootstrap_ci(lambda X, Y, row_ids: knn_jaccard(X, Y, k,
     row_ids=row_ids).jaccard[k], X, Y, groups, n_boot, alpha, seed, pass_row_ids=True)``
-    (rows distinct). ``top``: candidates kept per row (default ``min(n - 1, 4 * max(k))``).
+    (rows distinct). ``top``: candidates kept per row (default ``min(n - 1, 3 * max(k))``).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -170,13 +188,13 @@ def knn_bootstrap_ci(X, Y, groups=None, k=(5, 10, 50), metric: str = "cosine", n
     n = same_rows(X, Y)
     ks = _check_ks(k, n)
     kmax = ks[-1]
-    top = min(n - 1, top or 4 * kmax)
+    top = min(n - 1, top or 3 * kmax)
     if top < kmax:
         raise ValueError(f"top={top} must be >= max(k)={kmax}")
     Zx, sqx = _prepare(X, metric)
     Zy, sqy = _prepare(Y, metric)
     nx, ny = knn_indices(X, top, metric), knn_indices(Y, top, metric)
-    est = {kk: float(_jaccard_rows(nx, ny, kk).mean()) for kk in ks}
+    est = {kk: float(J.mean()) for kk, J in zip(ks, _jaccard_multi(nx[:, :kmax], ny[:, :kmax], ks))}
     weights, G = _bootstrap_weights(groups, n, n_boot, seed)
     samples = torch.empty(len(ks), n_boot, dtype=torch.float64)
     for i, w in enumerate(weights):
@@ -189,8 +207,8 @@ def knn_bootstrap_ci(X, Y, groups=None, k=(5, 10, 50), metric: str = "cosine", n
         a = _pool_knn(Zx, sqx, nx, pool, rows, kmax)
         b = _pool_knn(Zy, sqy, ny, pool, rows, kmax)
         wr = w[rows]
-        for j, kk in enumerate(ks):
-            samples[j, i] = float((wr * _jaccard_rows(a, b, kk)).sum() / wr.sum())
+        for j, J in enumerate(_jaccard_multi(a, b, ks)):
+            samples[j, i] = float((wr * J).sum() / wr.sum())
     out = {}
     for j, kk in enumerate(ks):
         lo, hi = _interval(samples[j], alpha)
@@ -211,15 +229,15 @@ def knn_permutation_test(X, Y, groups=None, k=(5, 10, 50), metric: str = "cosine
     kmax = ks[-1]
     nx, ny = knn_indices(X, kmax, metric), knn_indices(Y, kmax, metric)
     perms, scheme, frac = group_permutations(groups, n, n_perm, seed)
-    observed = {kk: float(_jaccard_rows(nx, ny, kk).mean()) for kk in ks}
+    observed = {kk: float(J.mean()) for kk, J in zip(ks, _jaccard_multi(nx, ny, ks))}
     null = torch.empty(len(ks), n_perm, dtype=torch.float64)
     for i, p in enumerate(perms):
         p = p.to(X.device)
         pinv = torch.empty_like(p)
         pinv[p] = torch.arange(n, device=p.device)
         nyp = pinv[ny[p]]                          # neighbours of row t in Y[p], in Y[p]'s row labels
-        for j, kk in enumerate(ks):
-            null[j, i] = float(_jaccard_rows(nx, nyp, kk).mean())
+        for j, J in enumerate(_jaccard_multi(nx, nyp, ks)):
+            null[j, i] = float(J.mean())
     return {kk: PermutationResult(observed=observed[kk], null=null[j],
                                   p_value=permutation_p_value(observed[kk], null[j], tie_tol), n_perm=n_perm,
                                   scheme=scheme, exchangeable_fraction=frac)

@@ -76,7 +76,7 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
                 s = entry["knn_jaccard"][k]
                 if s.get("low") is not None:
                     ax.errorbar([entry["layer_a"] + 0.05 * (i - 1)], [s["estimate"]],
-                                yerr=[[s["estimate"] - s["low"]], [s["high"] - s["estimate"]]],
+                                yerr=[[max(0.0, s["estimate"] - s["low"])], [max(0.0, s["high"] - s["estimate"])]],
                                 fmt="x", color=f"C{i}", alpha=0.6, capsize=2)
         ax.set_xlabel("layer (model A; B matched by depth)")
         ax.set_ylabel("k-NN Jaccard overlap")

@@ -84,7 +84,7 @@ def run_hrsa(cfg) -> dict:
     with open_dict(cfg):
         cfg.out = str(output_dir)
     if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+        torch.set_num_threads(int(cfg.num_threads))   # 1 by default: a shared small CPU thrashes with more
     torch.manual_seed(int(cfg.seed))
     device = _device(cfg.get("device", "auto"))
     corpus_dir = cfg.get("corpus_dir")
@@ -127,7 +127,8 @@ def run_hrsa(cfg) -> dict:
         stats_layers=cfg.stats.layers, stats_tokens_per_text=int(cfg.stats.tokens_per_text),
         stats_max_texts=int(cfg.stats.max_texts), n_boot=int(cfg.stats.n_boot), n_perm=int(cfg.stats.n_perm),
         alpha=float(cfg.stats.alpha), probe=OmegaConf.to_container(cfg.probe, resolve=True),
-        massive_ratio=float(cfg.massive.ratio), seed=int(cfg.seed), progress=bool(cfg.progress))
+        massive_ratio=float(cfg.massive.ratio), seed=int(cfg.seed), progress=bool(cfg.progress),
+        device=device)
 
     warnings_ = report.pop("warnings")
     if texts.labels is None and cfg.get("label_field"):

@@ -26,7 +26,7 @@ class Searcher:
             import torch
 
             self.device = device
-            self.passages = torch.from_numpy(np.ascontiguousarray(passages, dtype=np.float32)).to(device)
+            self.passages = torch.from_numpy(np.array(passages, dtype=np.float32)).to(device)  # a writable copy
             return
         import faiss
 
@@ -52,7 +52,7 @@ class Searcher:
             import torch
 
             scores, idx = [], []
-            q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+            q_all = torch.from_numpy(np.array(queries, dtype=np.float32))
             for start in range(0, q_all.shape[0], self.torch_chunk):
                 q = q_all[start:start + self.torch_chunk].to(self.device)
                 s, i = torch.topk(q @ self.passages.T, k, dim=1)

@@ -28,17 +28,10 @@ def resolve_backbone(path: str, tiny: dict | None = None, corpus_dir: str | None
     A hub id that is not in the local cache while the hub is unreachable fails here, within seconds,
     with the commands that fix it — not after transformers' retry loop.
     """
+    if tiny is not None:
+        return _resolve_tiny(str(path), dict(tiny), corpus_dir)
     if Path(path).is_dir():
         return str(path)
-    if tiny is not None:
-        from reasoning_embed.models.tiny import build_tiny_backbone
-
-        print(f"[reasoning-embed] building tiny backbone '{tiny.get('variant', 'base')}' at {path} (offline, once)")
-        if corpus_dir is not None:
-            from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
-
-            build_stdlib_corpus(corpus_dir)
-        return str(build_tiny_backbone(path, corpus_dir=corpus_dir, **tiny))
     if path.startswith((".", "/", "~")) or path.count("/") > 1:  # hub ids look like "org/name"
         raise BackboneNotAvailableError(f"backbone path {path!r} does not exist (expected a model directory)")
     from huggingface_hub import try_to_load_from_cache
@@ -53,6 +46,56 @@ def resolve_backbone(path: str, tiny: dict | None = None, corpus_dir: str | None
             f"On a machine with network run `hf download {path}` (or `huggingface-cli download {path}`) "
             f"and copy the cache here (or set HF_HOME), or set backbone.path to a local model directory.")
     return path
+
+
+FOUNDRY_VARIANTS = ("base", "rlvr", "sft")
+
+
+def _is_foundry_build(path: Path) -> bool:
+    import json
+
+    meta = path / "foundry.json"
+    try:
+        return json.loads(meta.read_text()).get("builder") == "reasoning_embed.foundry"
+    except (OSError, ValueError):
+        return False
+
+
+def _resolve_tiny(path: str, tiny: dict, corpus_dir: str | None) -> str:
+    """A tiny backbone: cached if present; else built — by the foundry (all three variants at once,
+    trained) or, with ``tiny.foundry: false``, as a random initialisation (the fast path for tests)."""
+    variant = tiny.get("variant", "base")
+    use_foundry = bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS
+    target = Path(path)
+    if target.is_dir() and (not use_foundry or _is_foundry_build(target)):
+        return str(target)
+    if corpus_dir is not None:
+        from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
+
+        build_stdlib_corpus(corpus_dir)
+    if not use_foundry:
+        from reasoning_embed.models.tiny import build_tiny_backbone
+
+        print(f"[reasoning-embed] building tiny backbone '{variant}' at {path} (random init, offline, once)")
+        offset = FOUNDRY_VARIANTS.index(variant) if variant in FOUNDRY_VARIANTS else 0  # distinct random inits
+        return str(build_tiny_backbone(path, corpus_dir=corpus_dir, **{**tiny, "seed": int(tiny.get("seed", 0)) + offset}))
+    from reasoning_embed.foundry.build import build_triple
+
+    if corpus_dir is None:
+        raise BackboneNotAvailableError(f"tiny backbone {path!r} is missing and no corpus_dir was given to build it")
+    if target.name != f"tiny_{variant}":
+        raise BackboneNotAvailableError(
+            f"tiny backbone path {path!r} must end in 'tiny_{variant}' for the foundry to build it "
+            f"(it writes <dir>/tiny_base, tiny_rlvr, tiny_sft)")
+    why = "a random-init build is cached there" if target.is_dir() else "missing"
+    print(f"[reasoning-embed] tiny_{variant} is {why}: building the base/rlvr/sft triple in {target.parent} "
+          f"with the foundry (offline, once, ~10 min on 2 CPU cores; python -m reasoning_embed.foundry)")
+    spec = {k: tiny[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                 "intermediate_size", "tokenizer", "vocab_size") if k in tiny}
+    cfg = {"model": spec, "seed": int(tiny.get("seed", 0))}
+    cfg.update(tiny.get("foundry_overrides") or {})
+    build_triple(target.parent, corpus_dir, cfg)
+    return str(target)
 
 
 def _cache_dir() -> str:

@@ -1,0 +1,186 @@
+"""Build the tiny triple: ``base`` (pre-trained), ``rlvr`` (GRPO from base) and ``sft`` (SFT from base).
+
+All three are ``Qwen2ForCausalLM`` directories with the same tokenizer, written to ``<out>/tiny_base``,
+``<out>/tiny_rlvr`` and ``<out>/tiny_sft``, each with a ``foundry.json``. The three directories are
+staged together and moved into place at the end, so a cached triple always shares one base.
+Deterministic on CPU for a given seed and thread count (default 1 thread: the result then does not
+depend on the machine's core count).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("base", "rlvr", "sft")
+DEFAULTS = {
+    "seed": 0,
+    "threads": 1,
+    "model": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 512, "tokenizer": "bpe", "vocab_size": 4096},
+    "problems": {"kinds": ["add", "sub", "max", "parity"], "heldout_fraction": 0.25},
+    "pretrain": {"steps": 600, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
+                 "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000},
+    "grpo": {"steps": 60, "prompts_per_step": 8, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0,
+             "lr": 5e-4, "beta": 0.04, "clip_eps": 0.2, "eps": 1e-4, "ppo_epochs": 1},
+    "sft": {"batch_size": 16, "lr": 5e-4},
+    "eval": {"per_kind": 48, "max_new_tokens": 24, "lm_blocks": 64, "lm_block_size": 128},
+}
+
+
+def merge(base: dict, over: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def triple_complete(out: str | Path) -> bool:
+    """True if ``out`` holds a foundry-built triple sharing one build id."""
+    ids = set()
+    for v in VARIANTS:
+        meta = Path(out) / f"tiny_{v}" / "foundry.json"
+        if not meta.is_file():
+            return False
+        m = json.loads(meta.read_text())
+        if m.get("builder") != "reasoning_embed.foundry":
+            return False
+        ids.add(m.get("triple_id"))
+    return len(ids) == 1
+
+
+def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = None, progress: bool = True,
+                 log=print) -> dict:
+    """Build base/rlvr/sft into ``out``; return {variant: foundry.json dict}. ``cfg`` overrides DEFAULTS."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from reasoning_embed.foundry.evaluate import heldout_accuracy, lm_loss
+    from reasoning_embed.foundry.grpo import grpo_train
+    from reasoning_embed.foundry.pretrain import heldout_text_blocks, pretrain, pretrain_blocks
+    from reasoning_embed.foundry.problems import heldout_eval_set, train_sampler
+    from reasoning_embed.foundry.sft import sft_train
+    from reasoning_embed.models.tiny import qwen_tokenizer, train_bpe_tokenizer
+
+    cfg = merge(DEFAULTS, cfg)
+    seed, out, corpus_dir = int(cfg["seed"]), Path(out), Path(corpus_dir)
+    triple_id = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    prev_threads = torch.get_num_threads()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def stage(name, t0):
+        times[name] = round(time.perf_counter() - t0, 2)
+        log(f"[foundry] stage {name:<10s} {times[name]:8.1f} s")
+
+    try:
+        t0 = time.perf_counter()
+        m = cfg["model"]
+        tok = qwen_tokenizer() if m["tokenizer"] == "qwen" else train_bpe_tokenizer(corpus_dir, m["vocab_size"])
+        kinds = list(cfg["problems"]["kinds"])
+        hf = cfg["problems"]["heldout_fraction"]
+        eval_set = heldout_eval_set(kinds, cfg["eval"]["per_kind"], seed, hf)
+        lm_blocks = heldout_text_blocks(tok, corpus_dir, cfg["eval"]["lm_blocks"], cfg["eval"]["lm_block_size"])
+        blocks = pretrain_blocks(tok, corpus_dir, cfg["pretrain"], seed, kinds, hf)
+        stage("data", t0)
+
+        config = Qwen2Config(
+            vocab_size=len(tok), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+            num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
+            num_key_value_heads=m["num_key_value_heads"], max_position_embeddings=2048, tie_word_embeddings=True,
+            rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_config(config)
+        total = cfg["pretrain"]["steps"] + 2 * cfg["grpo"]["steps"] * cfg["grpo"]["ppo_epochs"]
+        bar = tqdm(total=total, desc="foundry", unit="step", disable=not progress, file=sys.stderr,
+                   mininterval=2.0, dynamic_ncols=True)
+        results: dict[str, dict] = {}
+
+        def evaluate(model, name):
+            t0 = time.perf_counter()
+            acc = heldout_accuracy(model, tok, eval_set, cfg["eval"]["max_new_tokens"])
+            loss = lm_loss(model, lm_blocks)
+            stage(f"eval_{name}", t0)
+            log(f"[foundry] {name:<4s} held-out accuracy {acc['accuracy']:.3f} "
+                f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']})  LM loss {loss:.4f}  "
+                f"per kind {json.dumps({k: round(v, 2) for k, v in acc['per_kind'].items()})}")
+            return acc, loss
+
+        t0 = time.perf_counter()
+        pre = pretrain(base, blocks, cfg["pretrain"], seed, progress=bar)
+        stage("pretrain", t0)
+        results["base"] = {"train": pre, "eval": evaluate(base, "base")}
+
+        t0 = time.perf_counter()
+        rlvr = copy.deepcopy(base)
+        torch.manual_seed(seed + 1)
+        rl = grpo_train(rlvr, base, tok, train_sampler(kinds, seed, hf), cfg["grpo"], seed + 1, progress=bar)
+        stage("rlvr", t0)
+        results["rlvr"] = {"train": rl, "eval": evaluate(rlvr, "rlvr")}
+
+        t0 = time.perf_counter()
+        sft_model = copy.deepcopy(base)
+        for p in sft_model.parameters():
+            p.requires_grad_(True)
+        sf = sft_train(sft_model, tok, train_sampler(kinds, seed, hf), cfg["sft"], rl["optimizer_steps"], seed + 2,
+                       progress=bar)
+        stage("sft", t0)
+        results["sft"] = {"train": sf, "eval": evaluate(sft_model, "sft")}
+        bar.close()
+
+        t0 = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".foundry-"))
+        metas = {}
+        try:
+            models = {"base": base, "rlvr": rlvr, "sft": sft_model}
+            for v in VARIANTS:
+                d = staging / f"tiny_{v}"
+                models[v].save_pretrained(d)
+                tok.save_pretrained(d)
+                train, (acc, loss) = results[v]["train"], results[v]["eval"]
+                metas[v] = {
+                    "variant": v, "builder": "reasoning_embed.foundry", "triple_id": triple_id,
+                    "parent": None if v == "base" else "tiny_base",
+                    "how": {"base": "causal-LM pre-training (stdlib text + arithmetic facts + Q/A-format arithmetic)",
+                            "rlvr": "GRPO from base (exact reward, group-relative advantages, k3 KL to base)",
+                            "sft": "SFT from base on worked solutions (same optimizer steps as rlvr)"}[v],
+                    "heldout_accuracy": acc["accuracy"], "heldout_accuracy_ci95": acc["ci95"],
+                    "heldout_correct": acc["correct"], "heldout_n": acc["n"], "heldout_per_kind": acc["per_kind"],
+                    "heldout_examples": acc["examples"], "lm_loss_heldout": loss,
+                    "lm_loss_text": "stdlib corpus val split (modules unseen in training), nats/token",
+                    "steps": train["steps"], "tokens": train.get("completion_tokens", train.get("tokens")),
+                    "tokens_processed": train.get("tokens_processed", train.get("tokens")),
+                    "train": {k: v2 for k, v2 in train.items() if k != "trace"},
+                    "reward_trace": [round(t["reward"], 3) for t in train.get("trace", [])] or None,
+                    "seed": seed, "threads": cfg.get("threads"), "config": cfg,
+                    "stage_seconds": dict(times), "tokenizer": m["tokenizer"],
+                    "n_parameters": sum(p.numel() for p in models[v].parameters()),
+                }
+                (d / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
+            for v in VARIANTS:
+                target = out / f"tiny_{v}"
+                if target.exists():
+                    shutil.rmtree(target)
+                (staging / f"tiny_{v}").rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        stage("save", t0)
+        times["total"] = round(time.perf_counter() - t_all, 2)
+        for v in VARIANTS:  # record the final stage table (incl. save and total) in every foundry.json
+            metas[v]["stage_seconds"] = dict(times)
+            (out / f"tiny_{v}" / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
+        log(f"[foundry] total {times['total']:.1f} s -> {out}/tiny_{{base,rlvr,sft}}")
+        return metas
+    finally:
+        torch.set_num_threads(prev_threads)

@@ -1,0 +1,134 @@
+"""Causal-LM pre-training of the base model on offline text.
+
+The mixture (by documents, shuffled deterministically, packed into fixed blocks with EOS separators):
+
+- general text: the stdlib corpus's train split (docstring summaries, docstrings and code);
+- arithmetic/logic *facts* as prose, over every problem (train and held-out): "3 plus 4 is 7.",
+  "Of 47 and 52, the larger is 52.", "37 is odd." — the knowledge, without the question format;
+- two-digit arithmetic in the question/answer format (``Question: 23 + 45 = ? Answer: 68``), whose
+  operands lie outside every problem the foundry evaluates;
+- a smaller share of *training-split* problems in their question/answer format (never a held-out one),
+  so the base answers some questions right and RL has a reward signal to work with.
+
+So ``base`` has seen every held-out fact only as prose, never as a question; RLVR and SFT then practise
+the question format on training-split problems, and held-out accuracy measures transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from reasoning_embed.foundry.problems import KINDS, all_problems
+
+
+def stdlib_docs(corpus_dir: Path, split: str, max_chars: int, seed: int = 0) -> list[str]:
+    docs = []
+    for path in sorted((Path(corpus_dir) / split).glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                docs.append(row["query"][1])
+                docs.extend(row["pos"])
+    random.Random(f"stdlib-{split}-{seed}").shuffle(docs)
+    out, n = [], 0
+    for d in docs:
+        d = d[:2000]
+        out.append(d)
+        n += len(d)
+        if n >= max_chars:
+            break
+    return out
+
+
+def fact_docs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(f"facts-{seed}")
+    pools = {k: all_problems(k) for k in KINDS}
+    return [rng.choice(pools[rng.choice(KINDS)]).fact_text(rng) for _ in range(n)]
+
+
+def qa_format_docs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(f"qa-{seed}")
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        op = rng.choice("+-*")
+        out.append(f"Question: {a} {op} {b} = ? Answer: {eval(f'{a}{op}{b}')}")
+    return out
+
+
+def task_qa_docs(n: int, kinds, heldout_fraction: float, seed: int = 0) -> list[str]:
+    """Training-split problems in the exact prompt + direct-answer format (never held-out ones)."""
+    from reasoning_embed.foundry.problems import train_sampler
+
+    it = train_sampler(kinds, seed=10_000 + seed, heldout_fraction=heldout_fraction)
+    return [(lambda p: p.prompt + p.direct_completion)(next(it)) for _ in range(n)]
+
+
+def pack(tok, docs: list[str], block: int) -> torch.Tensor:
+    """Tokenise, join with EOS, cut into [N, block] (the tail that does not fill a block is dropped)."""
+    ids: list[int] = []
+    enc = tok(docs, add_special_tokens=False)["input_ids"]
+    for e in enc:
+        ids.extend(e)
+        ids.append(tok.eos_token_id)
+    n = len(ids) // block
+    return torch.tensor(ids[: n * block], dtype=torch.long).view(n, block)
+
+
+def pretrain_blocks(tok, corpus_dir: Path, cfg: dict, seed: int, kinds=KINDS,
+                    heldout_fraction: float = 0.25) -> torch.Tensor:
+    """The pre-training stream: stdlib text + facts + Q/A-format text, documents shuffled then packed."""
+    docs = (stdlib_docs(corpus_dir, "train", cfg["stdlib_chars"], seed) + fact_docs(cfg["fact_docs"], seed)
+            + qa_format_docs(cfg["qa_docs"], seed)
+            + task_qa_docs(cfg.get("task_qa_docs", 0), kinds, heldout_fraction, seed))
+    random.Random(f"mix-{seed}").shuffle(docs)
+    return pack(tok, docs, cfg["block_size"])
+
+
+def heldout_text_blocks(tok, corpus_dir: Path, n_blocks: int, block: int) -> torch.Tensor:
+    """General held-out text for LM loss: the stdlib corpus's val split (other modules than train)."""
+    blocks = pack(tok, stdlib_docs(corpus_dir, "val", n_blocks * block * 6, seed=0), block)
+    return blocks[:n_blocks]
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain(model, blocks: torch.Tensor, cfg: dict, seed: int, progress=None) -> dict:
+    """Plain next-token training; returns steps, tokens and the final (smoothed) training loss."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
+    steps, bs = cfg["steps"], cfg["batch_size"]
+    model.train()
+    order = torch.randperm(blocks.shape[0], generator=g)
+    cursor, ema, tokens = 0, None, 0
+    for step in range(steps):
+        if cursor + bs > len(order):
+            order, cursor = torch.randperm(blocks.shape[0], generator=g), 0
+        x = blocks[order[cursor : cursor + bs]]
+        cursor += bs
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, cfg["lr"], cfg["warmup"])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += x.numel()
+        lv = loss.item()
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(stage="pretrain", loss=f"{ema:.3f}", refresh=False)
+    model.eval()
+    return {"steps": steps, "tokens": tokens, "train_loss": ema, "blocks_available": int(blocks.shape[0])}

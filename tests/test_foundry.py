@@ -1,0 +1,190 @@
+"""The backbone foundry: exact rewards, GRPO's advantages and loss by hand, and a micro build that reloads,
+generates, is wired into resolve_backbone, and is bit-identical when rebuilt with the same seed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from reasoning_embed.foundry.grpo import group_advantages, grpo_loss, k3_kl
+from reasoning_embed.foundry.problems import (KINDS, Problem, all_problems, heldout_eval_set, problems, reward,
+                                              split_of)
+
+MICRO_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                   intermediate_size=64, tokenizer="bpe", vocab_size=600)
+MICRO_CFG = {
+    "seed": 3, "threads": 1, "model": MICRO_MODEL,
+    "pretrain": {"steps": 3, "batch_size": 4, "block_size": 32, "warmup": 1, "stdlib_chars": 20_000,
+                 "fact_docs": 200, "qa_docs": 50, "task_qa_docs": 200},
+    "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 4},
+    "sft": {"batch_size": 2},
+    "eval": {"per_kind": 3, "max_new_tokens": 6, "lm_blocks": 4, "lm_block_size": 32},
+}
+
+
+# ---------------------------------------------------------------- problems and reward
+def test_answers_are_right():
+    assert Problem("add", 3, 4).answer == "7" and Problem("sub", 12, 4).answer == "8"
+    assert Problem("max", 47, 52).answer == "52" and Problem("max", 61, 19).answer == "61"
+    assert Problem("parity", 37).answer == "odd" and Problem("parity", 0).answer == "even"
+    assert Problem("add", 3, 4).prompt == "Question: 3 + 4 = ?"
+
+
+def test_reward_is_exact_match_of_the_first_answer_line():
+    assert reward(" Answer: 7", "7") == 1.0
+    assert reward(" Answer:   7  \nQuestion: 1 + 1 = ?", "7") == 1.0  # stripped, up to end of line
+    for wrong in (" Answer: 17", " Answer: 7.0", " Answer: seven", " 7", "", " Answer: 7 Answer: 7",
+                  " Answer: 3\n Answer: 7", " answer: 7"):
+        assert reward(wrong, "7") == 0.0, wrong
+    assert reward(" Answer: odd", "odd") == 1.0 and reward(" Answer: odd", "even") == 0.0
+
+
+def test_every_direct_and_worked_completion_earns_the_reward():
+    for k in KINDS:
+        for p in all_problems(k)[:: max(1, len(all_problems(k)) // 40)]:
+            assert reward(p.direct_completion, p.answer) == 1.0
+            assert reward(p.worked_solution, p.answer) == 1.0, p.worked_solution
+            other = Problem(p.kind, p.a + 1, p.b) if p.kind != "max" else Problem("max", p.a, p.a)
+            if other.answer != p.answer:
+                assert reward(other.direct_completion, p.answer) == 0.0
+
+
+def test_heldout_problems_never_reach_training_text():
+    from reasoning_embed.foundry.pretrain import task_qa_docs
+
+    held = problems("heldout")
+    assert held and all(split_of(p) == "heldout" for p in heldout_eval_set())
+    assert not {p.key for p in held} & {p.key for p in problems("train")}
+    held_prompts = {p.prompt + p.direct_completion for p in held}
+    assert not held_prompts & set(task_qa_docs(2000, KINDS, 0.25))
+
+
+# ---------------------------------------------------------------- GRPO by hand
+def test_group_advantages_hand_example():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    a = group_advantages(r, eps=0.0)
+    s = math.sqrt(1 / 3)  # unbiased std of (1, 0, 0, 1): sum of squares 4 * 0.25 = 1, over n - 1 = 3
+    assert torch.allclose(a[0], torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s]))
+    assert torch.all(group_advantages(r)[1] == 0)  # no signal in a uniform group
+    s3 = math.sqrt((3 * 0.25 ** 2 + 0.75 ** 2) / 3)
+    assert torch.allclose(a[2], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / s3)
+
+
+def test_k3_kl_and_clipped_loss_by_hand():
+    p = torch.log(torch.tensor([[0.5, 0.25]]))
+    q = torch.log(torch.tensor([[0.25, 0.25]]))
+    assert torch.allclose(k3_kl(p, q), torch.tensor([[0.5 - math.log(0.5) - 1, 0.0]]))  # e^{q-p}-(q-p)-1
+    assert torch.all(k3_kl(q, q) == 0)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    z = torch.zeros(2, 3)
+    adv = torch.tensor([2.0, -1.0])
+    # ratio 1, beta 0: loss = -mean over completions of A (per-token mean within a completion)
+    loss, kl = grpo_loss(z, z, z, adv, mask, beta=0.0)
+    assert torch.isclose(loss, torch.tensor(-(2.0 - 1.0) / 2)) and kl == 0
+    # ratio e^{0.5} > 1 + 0.2 with A > 0: clipped to 1.2 * A
+    lp = torch.full((2, 3), 0.5)
+    loss, _ = grpo_loss(lp, z, lp, torch.tensor([1.0, 1.0]), mask, clip_eps=0.2, beta=0.0)
+    assert torch.isclose(loss, torch.tensor(-1.2))
+    # the gradient of the surrogate at ratio 1 is the REINFORCE gradient A * dlogp
+    lp = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = grpo_loss(lp, lp.detach(), lp.detach(), torch.tensor([3.0]), torch.ones(1, 2), beta=0.5)
+    loss.backward()
+    assert torch.allclose(lp.grad, torch.tensor([[-1.5, -1.5]]))
+
+
+# ---------------------------------------------------------------- a micro build
+@pytest.fixture(scope="module")
+def micro_corpus(corpus_dir, tmp_path_factory) -> Path:
+    """A few hundred rows of the stdlib corpus, so the tokenizer trains in a second."""
+    out = tmp_path_factory.mktemp("foundry_corpus")
+    for split in ("train", "val"):
+        (out / split).mkdir()
+        for f in sorted((corpus_dir / split).glob("*.jsonl")):
+            lines = f.read_text(encoding="utf-8").splitlines()[:150]
+            (out / split / f.name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def micro_triple(micro_corpus, tmp_path_factory):
+    from reasoning_embed.models.backbone import resolve_backbone
+
+    out = tmp_path_factory.mktemp("foundry") / "backbones"
+    tiny = {"variant": "rlvr", "seed": 3, **MICRO_MODEL, "foundry": True, "foundry_overrides": MICRO_CFG}
+    path = resolve_backbone(str(out / "tiny_rlvr"), tiny, str(micro_corpus))
+    assert Path(path) == out / "tiny_rlvr"
+    return out
+
+
+def test_micro_build_writes_the_triple_with_its_record(micro_triple):
+    from reasoning_embed.foundry import triple_complete
+
+    assert triple_complete(micro_triple)
+    metas = {v: json.loads((micro_triple / f"tiny_{v}" / "foundry.json").read_text()) for v in ("base", "rlvr", "sft")}
+    for v, m in metas.items():
+        assert m["variant"] == v and 0.0 <= m["heldout_accuracy"] <= 1.0
+        lo, hi = m["heldout_accuracy_ci95"]
+        assert lo <= m["heldout_accuracy"] <= hi
+        assert math.isfinite(m["lm_loss_heldout"]) and m["seed"] == 3
+        for k in ("steps", "tokens", "config", "stage_seconds"):
+            assert k in m
+        assert {"pretrain", "rlvr", "sft", "total"} <= set(m["stage_seconds"])
+    assert metas["rlvr"]["steps"] == metas["sft"]["steps"] == 2  # matched optimizer steps
+    assert len({m["triple_id"] for m in metas.values()}) == 1
+
+
+def test_saved_models_reload_and_generate(micro_triple):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok0 = None
+    for v in ("base", "rlvr", "sft"):
+        d = micro_triple / f"tiny_{v}"
+        model = AutoModelForCausalLM.from_pretrained(d)
+        tok = AutoTokenizer.from_pretrained(d)
+        assert type(model).__name__ == "Qwen2ForCausalLM"
+        vocab = tok.get_vocab()
+        assert tok0 is None or vocab == tok0  # one shared tokenizer
+        tok0 = vocab
+        x = tok("Question: 3 + 4 = ?", return_tensors="pt")
+        out = model.generate(**x, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert out.shape[1] > x["input_ids"].shape[1]
+
+
+def test_rlvr_and_sft_differ_from_base(micro_triple):
+    from safetensors.torch import load_file
+
+    w = {v: load_file(micro_triple / f"tiny_{v}" / "model.safetensors") for v in ("base", "rlvr", "sft")}
+    assert any(not torch.equal(w["base"][k], w["sft"][k]) for k in w["base"])
+    assert set(w["base"]) == set(w["rlvr"]) == set(w["sft"])
+
+
+def test_same_seed_same_weights(micro_triple, micro_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from reasoning_embed.foundry import build_triple
+
+    build_triple(tmp_path, micro_corpus, MICRO_CFG, progress=False, log=lambda *_: None)
+    for v in ("base", "rlvr", "sft"):
+        a = load_file(micro_triple / f"tiny_{v}" / "model.safetensors")
+        b = load_file(tmp_path / f"tiny_{v}" / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), v
+        ma = json.loads((micro_triple / f"tiny_{v}" / "foundry.json").read_text())
+        mb = json.loads((tmp_path / f"tiny_{v}" / "foundry.json").read_text())
+        assert ma["heldout_accuracy"] == mb["heldout_accuracy"] and ma["lm_loss_heldout"] == mb["lm_loss_heldout"]
+
+
+def test_resolve_backbone_caches_and_keeps_the_random_init_fast_path(micro_triple, micro_corpus, tmp_path, capsys):
+    from reasoning_embed.models.backbone import resolve_backbone
+
+    stamp = (micro_triple / "tiny_base" / "model.safetensors").stat().st_mtime_ns
+    tiny = {"variant": "base", "seed": 3, **MICRO_MODEL, "foundry": True, "foundry_overrides": MICRO_CFG}
+    assert resolve_backbone(str(micro_triple / "tiny_base"), tiny, str(micro_corpus)) == str(micro_triple / "tiny_base")
+    assert (micro_triple / "tiny_base" / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rebuilt
+    fast = resolve_backbone(str(tmp_path / "tiny_sft"), {**tiny, "variant": "sft", "foundry": False}, str(micro_corpus))
+    meta = json.loads((Path(fast) / "foundry.json").read_text())
+    assert meta["heldout_accuracy"] is None and "random init" in meta["how"]
+    assert not (tmp_path / "tiny_base").exists()  # the fast path builds only what was asked

