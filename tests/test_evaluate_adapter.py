@@ -31,20 +31,27 @@ def encoder(micro_backbone):
 
 
 class _Spy:
-    """Records the prompt strings the tokenizer put in front of every text the model received."""
+    """Records every string the Hugging Face tokenizer turned into model input (prompt + text)."""
 
     def __init__(self, encoder, monkeypatch):
-        self.prompts = []
-        tok = encoder.tokenizer
-        original = type(tok).__call__
+        self.texts = []
+        hf_cls = type(encoder.tokenizer.hf)
+        original = hf_cls.__call__
 
-        def call(this, texts, prompts=None, max_length=None):
-            texts = list(texts)
-            ps = prompts if isinstance(prompts, list) else [prompts or ""] * len(texts)
-            self.prompts.extend(ps)
-            return original(this, texts, prompts, max_length)
+        def call(this, text=None, *args, **kwargs):
+            if this is encoder.tokenizer.hf:
+                self.texts.extend([text] if isinstance(text, str) else list(text))
+            return original(this, text, *args, **kwargs)
 
-        monkeypatch.setattr(type(tok), "__call__", call)
+        monkeypatch.setattr(hf_cls, "__call__", call)
+
+    def prompts(self, tokenizer, instructions):
+        """How many received strings start with each instruction's prompt, and how many with none (a bare
+        prompt is the prompt-length measurement, not a model input)."""
+        counts = {i: sum(t.startswith(tokenizer.prompt(i)) and t != tokenizer.prompt(i) for t in self.texts)
+                  for i in instructions}
+        counts[None] = sum(not t.startswith("Instruct: ") for t in self.texts)
+        return counts
 
 
 def _loader(texts, batch_size=2):
@@ -128,11 +135,12 @@ def local_run(encoder, corpus_dir, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("eval_local")
     try:
-        summary = evaluate_model(encoder, "local", out, paths={"data_dir": str(corpus_dir.parent)}, max_queries=12)
+        summary = evaluate_model(encoder, "local", out, paths={"data_dir": str(corpus_dir.parent)}, max_queries=8,
+                                 batch_size=128)
     finally:
         mp.undo()
         torch.set_num_threads(before)
-    return summary, out, spy.prompts
+    return summary, out, spy
 
 
 def test_local_benchmark_writes_results_and_summary(local_run):
@@ -159,7 +167,7 @@ def test_local_task_and_training_validation_share_the_exact_search(local_run, en
 
     summary, _, _ = local_run
     rows, _ = read_jsonl(corpus_dir / "test" / "docstring.jsonl")
-    val = evaluate_retrieval(encoder, retrieval_set_from_rows("docstring", rows, 12, 0), k=10)
+    val = evaluate_retrieval(encoder, retrieval_set_from_rows("docstring", rows, 8, 0), k=10)
     score = next(t["score"] for t in summary["tasks"] if t["task"] == "StdlibDocstringRetrieval")
     assert score == pytest.approx(100 * val["ndcg@10"], abs=1e-3)
 
@@ -167,7 +175,7 @@ def test_local_task_and_training_validation_share_the_exact_search(local_run, en
 def test_bright_standin_one_instruction_per_domain_each_evaluated_once(local_run, encoder):
     from reasoning_embed.evaluation.instructions import load_instruction_table
 
-    summary, _, prompts = local_run
+    summary, _, spy = local_run
     table = load_instruction_table("e5")
     domains = [t for t in summary["tasks"] if t["task"].startswith("LocalBright")]
     assert len(domains) == 4
@@ -180,13 +188,13 @@ def test_bright_standin_one_instruction_per_domain_each_evaluated_once(local_run
         assert sorted(c["prompt_type"] for c in calls) == ["document", "query"]
         assert next(c for c in calls if c["prompt_type"] == "query")["instruction"] == expected[t["task"]]
         assert next(c for c in calls if c["prompt_type"] == "document")["instruction"] is None
-    # what the model received: each domain's prompt in front of its queries, nothing in front of documents
-    seen = set(prompts)
-    for instruction in expected.values():
-        assert encoder.tokenizer.prompt(instruction) in seen
-    assert "" in seen
-    n_queries = sum(c["n"] for c in summary["calls"] if c["prompt_type"] == "query")
-    assert sum(p != "" for p in prompts) == n_queries
+    # what the model received: each domain's queries behind that domain's prompt, documents behind none
+    counts = spy.prompts(encoder.tokenizer, list(expected.values()))
+    for t in domains:
+        n_q = next(c["n"] for c in summary["calls"] if c["task"] == t["task"] and c["prompt_type"] == "query")
+        assert counts[expected[t["task"]]] == n_q > 0
+    n_docs = sum(c["n"] for c in summary["calls"] if c["prompt_type"] == "document")
+    assert counts[None] == n_docs > 0
 
 
 def test_changed_instruction_is_evaluated_not_reused(encoder, corpus_dir, tmp_path, monkeypatch):
@@ -200,7 +208,8 @@ def test_changed_instruction_is_evaluated_not_reused(encoder, corpus_dir, tmp_pa
     summary = evaluate_model(encoder, bench, tmp_path)
     assert [t["task"] for t in summary["tasks"]] == ["LocalBrightToolingRetrieval"]
     assert summary["tasks"][0]["instruction"] == "Given a riddle, retrieve its answer"
-    assert encoder.tokenizer.prompt("Given a riddle, retrieve its answer") in spy.prompts
+    counts = spy.prompts(encoder.tokenizer, ["Given a riddle, retrieve its answer"])
+    assert counts["Given a riddle, retrieve its answer"] == 5
 
 
 def test_rerank_with_top_ranked_matches_brute_force(encoder):

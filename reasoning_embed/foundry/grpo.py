@@ -74,6 +74,7 @@ def grpo_train(policy, reference, tok, sampler, cfg: dict, seed: int, progress=N
         for _ in range(cfg["ppo_epochs"]):
             logp = completion_logprobs(policy, prompts, comp, mask, tok.pad_token_id)
             loss, kl = grpo_loss(logp, old_logp, ref_logp, adv, mask, cfg["clip_eps"], cfg["beta"])
+            kl = kl.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -81,11 +82,11 @@ def grpo_train(policy, reference, tok, sampler, cfg: dict, seed: int, progress=N
             opt_steps += 1
         tokens_trained += int(mask.sum())
         tokens_seen += int(mask.sum()) + sum(len(p) for p in prompts)
-        trace.append({"step": step, "reward": float(rewards.mean()), "kl": float(kl)})
+        trace.append({"step": step, "reward": float(rewards.mean()), "kl": kl.item()})
         if progress is not None:
             progress.update(1)
             recent = sum(t["reward"] for t in trace[-10:]) / len(trace[-10:])
-            progress.set_postfix(stage="rlvr", reward=f"{recent:.2f}", kl=f"{float(kl):.3f}", refresh=False)
+            progress.set_postfix(stage="rlvr", reward=f"{recent:.2f}", kl=f"{kl.item():.3f}", refresh=False)
     policy.eval()
     return {"steps": cfg["steps"], "optimizer_steps": opt_steps, "completion_tokens": tokens_trained,
             "tokens_processed": tokens_seen, "completions": cfg["steps"] * P * G,

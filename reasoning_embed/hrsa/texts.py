@@ -132,7 +132,7 @@ def _from_dataset(ds, where: str, text_field: str, label_field: str | None, spli
     return texts, labels, where
 
 
-def _builtin(corpus_dir: str | Path, split: str | None, pairs_use: str):
+def _builtin(corpus_dir: str | Path, split: str | None, pairs_use: str, label_field: str | None):
     from reasoning_embed.data.stdlib_corpus import SPLITS, build_stdlib_corpus
 
     split = split or "test"
@@ -141,7 +141,7 @@ def _builtin(corpus_dir: str | Path, split: str | None, pairs_use: str):
     root = build_stdlib_corpus(corpus_dir)
     texts, labels = [], []
     for kind in ("docstring", "code"):
-        t, lab = _read_jsonl(root / split / f"{kind}.jsonl", "text", "label", pairs_use)
+        t, lab = _read_jsonl(root / split / f"{kind}.jsonl", "text", label_field, pairs_use)
         texts += t
         labels += lab
     return texts, labels, f"builtin:{root}/{split}"
@@ -158,7 +158,7 @@ def load_texts(source: str = "builtin", *, corpus_dir: str | Path | None = None,
     if source == "builtin":
         if corpus_dir is None:
             raise ValueError("texts=builtin needs corpus_dir (where the stdlib corpus is built)")
-        texts, labels, where = _builtin(corpus_dir, split, pairs_use)
+        texts, labels, where = _builtin(corpus_dir, split, pairs_use, label_field)
     elif source.startswith("hf:"):
         import datasets
 

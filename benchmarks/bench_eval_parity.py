@@ -1,0 +1,129 @@
+"""Benchmark: the offline local tasks scored through the adapter vs by mteb given the exported model as a
+plain SentenceTransformer (same prompts), side by side.
+
+Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_eval_parity.py [--max-queries N] [--threads 1]
+
+The tiny export of bench_eval_throughput.py (built once under outputs/bench/eval). Column "adapter":
+``evaluate_model(export, "local")`` — the adapter, the instruction table, exact search through
+``reasoning_embed.retrieval.exact_search`` (faiss on CPU). Column "mteb+ST": for each task,
+``mteb.evaluate(SentenceTransformerEncoderWrapper(SentenceTransformer(export), model_prompts={"query":
+<the same "Instruct: ...\\nQuery: " prompt>}), task, cache=None)`` — mteb's own encoding and torch top-k.
+Column "train-val": for the stdlib tasks, ``reasoning_embed.retrieval.evaluate_retrieval`` (the
+training-time validation) on the same queries and corpus. Scores are nDCG@10 x100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_export(workdir: Path, corpus_dir: Path, max_len: int) -> Path:
+    """Build (once) the tiny backbone and its export (the same one bench_eval_throughput.py uses)."""
+    from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
+    from reasoning_embed.models.encoder import build_encoder
+    from reasoning_embed.models.export import export_encoder
+    from reasoning_embed.models.tiny import build_tiny_backbone
+
+    build_stdlib_corpus(corpus_dir)
+    export = workdir / f"tiny_export_L{max_len}"
+    if not (export / "modules.json").exists():
+        backbone = workdir / "tiny_backbone"
+        if not (backbone / "config.json").exists():
+            build_tiny_backbone(backbone, corpus_dir, seed=0)
+        enc = build_encoder({"path": str(backbone), "name": "tiny"}, max_query_length=max_len,
+                            max_passage_length=max_len)
+        export_encoder(enc, export)
+    return export
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-queries", type=int, default=None, help="cap queries per task (default: all)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--workdir", default=str(ROOT / "outputs" / "bench" / "eval"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(?s).*(model prompts|Model prompts|prompts most often)")
+    logging.getLogger("mteb").setLevel(logging.ERROR)
+    corpus_dir = ROOT / "outputs" / "data" / "stdlib"
+    export = tiny_export(Path(args.workdir), corpus_dir, args.max_len)
+
+    import mteb
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from sentence_transformers import SentenceTransformer
+
+    from reasoning_embed.data.jsonl import read_jsonl
+    from reasoning_embed.evaluation import evaluate_model
+    from reasoning_embed.evaluation.benchmarks import build_tasks, resolve_benchmark_config
+    from reasoning_embed.evaluation.instructions import load_instruction_table
+    from reasoning_embed.evaluation.model_loading import load_encoder
+    from reasoning_embed.retrieval import evaluate_retrieval, retrieval_set_from_rows
+
+    bench = resolve_benchmark_config("local", {"data_dir": str(corpus_dir.parent)})
+    bench["max_queries"] = args.max_queries
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        summary = evaluate_model(export, bench, out, batch_size=args.batch_size)
+    t_adapter = time.perf_counter() - t0
+    ours = {t["task"]: t for t in summary["tasks"]}
+
+    st = SentenceTransformer(str(export), device="cpu")
+    table = load_instruction_table("e5")
+    template = "Instruct: {instruction}\nQuery: "
+    theirs = {}
+    t0 = time.perf_counter()
+    tasks, _ = build_tasks(bench)
+    for task in tasks:
+        name = task.metadata.name
+        prompt = template.format(instruction=table.resolve(name, "Retrieval")[0])
+        assert prompt == template.format(instruction=ours[name]["instruction"])
+        wrapper = SentenceTransformerEncoderWrapper(st, model_prompts={"query": prompt})
+        res = mteb.evaluate(wrapper, task, cache=None, co2_tracker=False, show_progress_bar=False,
+                            overwrite_strategy="always",
+                            encode_kwargs={"batch_size": args.batch_size, "show_progress_bar": False})
+        theirs[name] = 100 * res.task_results[0].scores["test"][0]["ndcg_at_10"]
+    t_st = time.perf_counter() - t0
+
+    encoder = load_encoder(export, device="cpu")
+    val = {}
+    for kind in ("docstring", "code"):
+        rows, _ = read_jsonl(corpus_dir / "test" / f"{kind}.jsonl")
+        rs = retrieval_set_from_rows(kind, rows, args.max_queries, 0)
+        val[f"Stdlib{kind.capitalize()}Retrieval"] = 100 * evaluate_retrieval(encoder, rs, k=10)["ndcg@10"]
+
+    print(f"tiny export {export} | queries per task: {args.max_queries or 'all'} | torch threads "
+          f"{torch.get_num_threads()} | nDCG@10 x100")
+    print(f"{'task':32s} {'queries':>7s} {'adapter':>9s} {'mteb+ST':>9s} {'|diff|':>9s} {'train-val':>10s}")
+    worst = 0.0
+    for name, t in ours.items():
+        diff = abs(t["score"] - theirs[name])
+        worst = max(worst, diff)
+        n_q = next(c["n"] for c in summary["calls"] if c["task"] == name and c["prompt_type"] == "query")
+        tv = f"{val[name]:10.4f}" if name in val else f"{'-':>10s}"
+        print(f"{name:32s} {n_q:7d} {t['score']:9.4f} {theirs[name]:9.4f} {diff:9.2e} {tv}")
+    print(f"{'Mean(Task)':32s} {'':7s} {summary['mean_task']:9.4f} {sum(theirs.values()) / len(theirs):9.4f}")
+    print(f"max |adapter - mteb+ST| = {worst:.2e} nDCG@10 points  [{'EQUAL' if worst < 1e-3 else 'DIFFERENT'} "
+          f"(tolerance 1e-3)]   wall: adapter {t_adapter:.1f} s, mteb+ST {t_st:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
