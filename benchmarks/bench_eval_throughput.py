@@ -132,7 +132,8 @@ def main() -> None:
     wall = total["st_wall"] / total["adapter_wall"]
     cpu = total["st_cpu"] / total["adapter_cpu"]
     print(f"overall throughput ratio adapter / sentence-transformers: {wall:.3f} (wall clock, best of "
-          f"{args.rounds}), {cpu:.3f} (process CPU time)  [target >= 1.0: {'MET' if min(wall, cpu) >= 1.0 else 'NOT MET'}]"
+          f"{args.rounds}), {cpu:.3f} (process CPU time)  "
+          f"[target >= 1.0: {'MET' if min(wall, cpu) >= 1.0 else 'NOT MET'}]"
           f"   embeddings equal within 1e-5: {'yes' if ok else 'NO'}")
 
 

@@ -81,10 +81,16 @@ def make_input(n: int, path: Path, seed: int = 0) -> None:
             f.write(json.dumps({"query": ["", " ".join(q)], "pos": [" ".join(p)], "neg": []}) + "\n")
 
 
-def child_mine(inp: str, out: str, batch_size: int) -> None:
+def set_threads(threads: int) -> None:
+    import faiss
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+def child_mine(inp: str, out: str, batch_size: int, threads: int) -> None:
+    set_threads(threads)
     from reasoning_embed.mining.mine import MineSettings, mine_file
     from reasoning_embed.mining.reference import load_reference
 
@@ -99,14 +105,12 @@ def child_mine(inp: str, out: str, batch_size: int) -> None:
                       "rows_short": rep["rows_short"], "dim": ref.dim}))
 
 
-def child_search(work_dir: str, n: int, dim: int, repeats: int) -> None:
+def child_search(work_dir: str, n: int, dim: int, repeats: int, threads: int) -> None:
     import faiss
     import numpy as np
     import torch
 
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    set_threads(threads)
     q = np.array(np.memmap(Path(work_dir) / "queries.f32", dtype=np.float32, mode="r").reshape(-1, dim))
     p = np.array(np.memmap(Path(work_dir) / "passages.f32", dtype=np.float32, mode="r").reshape(-1, dim))
     q, p = q[:n], p[:n]
@@ -148,15 +152,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2, help="search timing repeats (the best is reported)")
     ap.add_argument("--search-only", action="store_true", help="skip encoding: random unit vectors, d=128")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and faiss threads (1 by default: on the shared 2-core VM one thread encoded the tiny "
+                         "model 2x faster than two, the second core being busy with other jobs)")
     ap.add_argument("--child", choices=["mine", "search"])
     ap.add_argument("rest", nargs="*")
     a = ap.parse_args()
     if a.child == "mine":
-        return child_mine(a.rest[0], a.rest[1], a.batch_size)
+        return child_mine(a.rest[0], a.rest[1], a.batch_size, a.threads)
     if a.child == "search":
-        return child_search(a.rest[0], int(a.rest[1]), int(a.rest[2]), a.repeats)
+        return child_search(a.rest[0], int(a.rest[1]), int(a.rest[2]), a.repeats, a.threads)
 
-    print(f"cpus: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"cpus: {os.cpu_count()}, threads: {a.threads}, load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "outputs" if (ROOT / "outputs").is_dir() else None) as tmp:
         tmp = Path(tmp)
         if a.search_only:
@@ -176,15 +183,18 @@ def main() -> None:
             make_input(a.n, inp)
             print(f"mining {a.n:,} queries against {a.n:,} passages (tiny_base reference, max 64 tokens) ...",
                   flush=True)
-            m = run_child(["--child", "mine", "--batch-size", str(a.batch_size), str(inp), str(tmp / "out.jsonl")])
+            m = run_child(["--child", "mine", "--batch-size", str(a.batch_size), "--threads", str(a.threads), str(inp),
+                           str(tmp / "out.jsonl")])
             s = m["seconds"]
             dim = m["dim"]
             print(f"  wall {m['wall_s']:.1f} s = encoding {s['encode']:.1f} s + index build {s['index']:.2f} s "
                   f"+ search {s['search']:.1f} s + selection/writing {m['wall_s'] - s['encode'] - s['index'] - s['search']:.1f} s")
+            print(f"  encoding throughput {2 * a.n / s['encode']:.0f} texts/s", flush=True)
             print(f"  peak RSS {m['peak_rss_mib']:.0f} MiB (after loading the model: {m['rss_after_model_load_mib']:.0f} MiB); "
                   f"mined {m['mined']:,} negatives, {m['rows_short']:,} rows short of 3")
             work = tmp / "out.jsonl.work"
-        r = run_child(["--child", "search", "--repeats", str(a.repeats), str(work), str(a.n), str(dim)])
+        r = run_child(["--child", "search", "--repeats", str(a.repeats), "--threads", str(a.threads), str(work),
+                       str(a.n), str(dim)])
         ratio = r["faiss_s"] / r["torch_s"]
         print(f"search only, {a.n:,} x {a.n:,}, d={dim}, k={K}, chunks of {CHUNK} (best of {a.repeats}): "
               f"faiss IndexFlatIP {r['faiss_s']:.2f} s, torch matmul+topk {r['torch_s']:.2f} s -> faiss/torch = "

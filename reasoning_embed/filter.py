@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from reasoning_embed.mining.reference import set_threads
 from reasoning_embed.utils.hydra_utils import quiet_environment, user_errors_exit
 
 log = logging.getLogger("reasoning_embed.filter")
@@ -44,6 +45,7 @@ def run(cfg: DictConfig) -> dict:
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     quiet_environment()
+    set_threads(cfg.get("threads"))
     run(cfg)
 
 

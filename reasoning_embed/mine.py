@@ -12,6 +12,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from reasoning_embed.mining.reference import set_threads
 from reasoning_embed.utils.hydra_utils import quiet_environment, user_errors_exit
 
 log = logging.getLogger("reasoning_embed.mine")
@@ -23,6 +24,14 @@ def settings_from_cfg(mining) -> "MineSettings":  # noqa: F821
     d = OmegaConf.to_container(mining, resolve=True) if not isinstance(mining, dict) else dict(mining)
     rr = d.get("rank_range") or [0, None]
     d["rank_range"] = (int(rr[0] or 0), None if len(rr) < 2 or rr[1] is None else int(rr[1]))
+    from dataclasses import fields
+
+    known = {f.name for f in fields(MineSettings)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        from reasoning_embed.errors import ReasoningEmbedError
+
+        raise ReasoningEmbedError(f"unknown mining option(s) {unknown}; known: {sorted(known)}")
     return MineSettings(**d)
 
 
@@ -49,6 +58,7 @@ def run(cfg: DictConfig) -> list[dict]:
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     quiet_environment()
+    set_threads(cfg.get("threads"))
     run(cfg)
 
 

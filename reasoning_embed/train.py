@@ -31,6 +31,28 @@ def _resolve_ckpt(ckpt_path, output_dir: Path):
     return ckpt_path
 
 
+def _evaluate_at_end(cfg, module, output_dir: Path, loggers, step: int) -> dict:
+    """``eval.benchmark`` (a name or a list): scores land in metrics.json["eval"] and the loggers."""
+    benchmarks = OmegaConf.select(cfg, "eval.benchmark")
+    if not benchmarks:
+        return {}
+    from reasoning_embed.evaluation.runner import evaluate_model
+
+    benchmarks = [benchmarks] if isinstance(benchmarks, str) else list(benchmarks)
+    results = {}
+    for bench in benchmarks:
+        summary = evaluate_model(module.encoder, bench, output_dir / "eval" / str(bench),
+                                 allow_failures=bool(OmegaConf.select(cfg, "eval.allow_failures")),
+                                 paths=OmegaConf.to_container(cfg.paths, resolve=True), seed=cfg.seed)
+        results[str(bench)] = summary
+        flat = {f"eval/{bench}/Mean(Task)": summary.get("mean_task"), f"eval/{bench}/Mean(Type)": summary.get("mean_type")}
+        flat.update({f"eval/{bench}/{t['task']}": t["score"] for t in summary.get("tasks", []) if t.get("score") is not None})
+        for lg in loggers:
+            lg.log_metrics({k: v for k, v in flat.items() if v is not None}, step=step)
+        log.info("%s: Mean(Task) %s, Mean(Type) %s", bench, summary.get("mean_task"), summary.get("mean_type"))
+    return results
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, validate, export. Returns the metrics written to ``metrics.json``."""
     import lightning as L
@@ -67,7 +89,7 @@ def train(cfg: DictConfig) -> dict:
     saved = {getattr(cb, "_last_global_step_saved", None) for cb in trainer.callbacks}
     if trainer.global_step not in saved:
         trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    if has_val:
+    if has_val and module.last_val_step != trainer.global_step:  # Lightning may just have validated this step
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = dict(module.last_val)
 
@@ -88,6 +110,7 @@ def train(cfg: DictConfig) -> dict:
             from reasoning_embed.models.export import export_encoder
 
             export_encoder(module.encoder, output_dir / "model")
+        metrics["eval"] = _evaluate_at_end(cfg, module, output_dir, loggers, trainer.global_step)
         atomic_write_json(output_dir / "metrics.json", metrics)
         if initial:
             log.info("held-out nDCG@10: untrained %.4f -> trained %.4f", initial.get("val/ndcg@10", float("nan")),

@@ -87,6 +87,14 @@ def test_beir(tmp_path):
                                               "pos": ["Paris\nParis is the capital of France."], "neg": [], "id": "q1"}
 
 
+def test_beir_directory_of_datasets(tmp_path):
+    for name in ("nfcorpus", "scifact"):
+        shutil.copytree(FIX / "beir", tmp_path / "beir" / name)
+    convert("beir", tmp_path / "beir", tmp_path / "out", instructions={"nfcorpus": "N", "default": "D"})
+    assert rows(tmp_path / "out" / "nfcorpus.jsonl")[0]["query"][0] == "N"
+    assert rows(tmp_path / "out" / "scifact.jsonl")[0]["query"][0] == "D"
+
+
 def test_tevatron(tmp_path):
     convert("tevatron", FIX / "tevatron.jsonl", tmp_path / "t.jsonl", instructions={"tevatron": "T"})
     assert rows(tmp_path / "t.jsonl") == [

@@ -111,7 +111,8 @@ def test_instruction_table_resolution():
     from reasoning_embed.evaluation.instructions import DEFAULT_INSTRUCTION, load_instruction_table
 
     t = load_instruction_table("e5")
-    assert t.default == DEFAULT_INSTRUCTION == "Given a query, retrieve the most relevant passage from the given passage"
+    assert t.default == DEFAULT_INSTRUCTION
+    assert DEFAULT_INSTRUCTION == "Given a query, retrieve the most relevant passage from the given passage"
     assert t.resolve("ArguAna", "Retrieval") == ("Given a claim, find documents that refute the claim", "task")
     assert t.resolve("TwentyNewsgroupsClustering.v2", "Clustering")[1] == "task:TwentyNewsgroupsClustering"
     assert t.resolve("ClimateFEVERHardNegatives", "Retrieval")[0].startswith("Given a claim about climate change")
@@ -269,7 +270,8 @@ def test_model_specs_run_dir_export_backbone_and_user_files(encoder, micro_backb
     assert loaded.tokenizer.max_query_length == 32 and loaded.tokenizer.max_passage_length == 48
     assert loaded.attention == "bidirectional" and loaded.pooling == "mean"
     texts = ["Return the absolute value.", "Parse a configuration file and return a dict of sections."]
-    torch.testing.assert_close(loaded.encode(texts, "Find code"), encoder.encode(texts, "Find code"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loaded.encode(texts, "Find code"), encoder.encode(texts, "Find code"),
+                               atol=1e-5, rtol=1e-5)
     raw = load_encoder(micro_backbone, {"attention": "causal", "pooling": "last_token"}, device="cpu")
     assert raw.attention == "causal" and raw.pooling == "last_token" and raw.spec_kind == "backbone"
     with pytest.raises(EvaluationConfigError, match="neither a run directory"):

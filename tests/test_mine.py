@@ -325,3 +325,18 @@ def test_reference_resolution(micro_encoder, tmp_path):
         resolve_reference(str(tmp_path / "nope"))
     with pytest.raises(BackboneNotAvailableError, match="not in the local Hugging Face cache"):
         resolve_reference("nobody-here/no-such-model-xyz")
+
+
+def test_cli_malformed_input_is_one_clear_line(tmp_path):
+    """Through ``python -m``: the input is read before the model loads, and the error is one line (exit 2)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": ["i", "q"], "pos": ["p"]}\n{"query": ["i", "q"]}\n')
+    proc = subprocess.run([sys.executable, "-m", "reasoning_embed.mine", f"input={bad}", f"output={tmp_path / 'o.jsonl'}",
+                           "reference=/nonexistent/model", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {bad}, line 2: key 'pos': missing" in proc.stderr
+    assert "Traceback" not in proc.stderr

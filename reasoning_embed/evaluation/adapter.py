@@ -4,7 +4,8 @@ Encoding (``encode``): all texts of an mteb call are gathered from its DataLoade
 grouped longest first by token count (little padding), in the original order on return; inputs, forward
 and pooling are ``Encoder.encode``'s (see ``embed``). Texts are
 stripped the way sentence-transformers strips ``prompt + text`` before tokenizing (so an export embeds
-identically here and as a plain ``SentenceTransformer``). The instruction comes from an :class:`InstructionTable` looked up by task name:
+identically here and as a plain ``SentenceTransformer``). The instruction comes from an
+:class:`InstructionTable` looked up by task name:
 
 - ``prompt_type == query``     -> ``"Instruct: {instruction}\\nQuery: " + text`` (prompt tokens attended to,
   excluded from mean pooling);

@@ -50,7 +50,7 @@ def resolve_benchmark_config(spec, paths: dict | None = None) -> dict:
         if path.is_file():
             paths_cfg = OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
             if paths:
-                paths_cfg = OmegaConf.merge(paths_cfg, {k: str(v) for k, v in paths.items()})
+                paths_cfg = OmegaConf.merge(paths_cfg, {k: str(v) for k, v in dict(paths).items() if v is not None})
             root = OmegaConf.create({"paths": paths_cfg, "benchmark": OmegaConf.load(path)})
             spec = OmegaConf.to_container(root.benchmark, resolve=True)
         elif "(" in spec:
@@ -61,7 +61,8 @@ def resolve_benchmark_config(spec, paths: dict | None = None) -> dict:
                 raise EvaluationConfigError("empty benchmark name")
             spec = {"name": "tasks", "mteb_tasks": names}
     if not isinstance(spec, dict):
-        raise EvaluationConfigError(f"benchmark must be a name, a task list or a config dict, got {type(spec).__name__}")
+        raise EvaluationConfigError(f"benchmark must be a name, a task list or a config dict, "
+                                    f"got {type(spec).__name__}")
     unknown = set(spec) - set(BENCHMARK_KEYS)
     if unknown:
         raise EvaluationConfigError(f"unknown benchmark keys {sorted(unknown)}; known: {sorted(BENCHMARK_KEYS)}")
@@ -132,7 +133,8 @@ def _hf_home() -> Path:
 
 
 def hub_cache_dir() -> Path:
-    return Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or _hf_home() / "hub").expanduser()
+    env = os.environ
+    return Path(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or _hf_home() / "hub").expanduser()
 
 
 def datasets_cache_dir() -> Path:
@@ -200,6 +202,9 @@ def check_data_available(tasks, benchmark_name: str, reachable=None) -> None:
     for (repo, rev), names in missing.items():
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         lines.append(f"{repo}" + (f" (revision {rev})" if rev else "") + f" needed by {shown}")
+        log.error("missing dataset: %s", lines[-1])
+    if len(lines) > 5:
+        lines = lines[:5] + [f"and {len(lines) - 5} more (each logged above as 'missing dataset')"]
     first_repo, first_rev = next(iter(missing))
     rev_flag = f" --revision {first_rev}" if first_rev else ""
     raise BenchmarkDataMissingError(

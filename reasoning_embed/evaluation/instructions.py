@@ -88,7 +88,8 @@ def load_instruction_table(spec=None) -> InstructionTable:
             from reasoning_embed.evaluation.errors import EvaluationConfigError
 
             shipped = sorted(p.stem for p in (CONF_DIR / "instructions").glob("*.yaml"))
-            raise EvaluationConfigError(f"instruction table {str(spec)!r} not found (shipped: {shipped}, or a .yaml path)")
+            raise EvaluationConfigError(f"instruction table {str(spec)!r} not found "
+                                        f"(shipped: {shipped}, or a .yaml path)")
         name = path.stem
         spec = OmegaConf.load(path)
     if isinstance(spec, DictConfig):

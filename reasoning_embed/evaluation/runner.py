@@ -117,7 +117,8 @@ def evaluate_model(model, benchmark, out_dir, allow_failures: bool = False, *, i
         "calls": adapter.calls,
     })
     write_summary(summary, out_dir)
-    log.info("Mean(Task) %s  Mean(Type) %s  -> %s", summary["mean_task"], summary["mean_type"], out_dir / "summary.json")
+    log.info("Mean(Task) %s  Mean(Type) %s  -> %s", summary["mean_task"], summary["mean_type"],
+             out_dir / "summary.json")
     if failed:
         names = ", ".join(f["task"] for f in failed)
         _loud(f"{len(failed)} of {summary['n_tasks']} task(s) FAILED: {names} (details in {out_dir / 'summary.md'})")

@@ -77,7 +77,8 @@ def summary_markdown(summary: dict) -> str:
     lines += ["| Task | Type | Score | Instruction (source) |", "|---|---|---:|---|"]
     for t in summary["tasks"]:
         instr = (t.get("instruction") or "").replace("|", "\\|")
-        lines.append(f"| {t['task']} | {t['type']} | {_fmt(t['score'])} | {instr} ({t.get('instruction_source', '')}) |")
+        source = t.get("instruction_source", "")
+        lines.append(f"| {t['task']} | {t['type']} | {_fmt(t['score'])} | {instr} ({source}) |")
     lines += ["", "| Type | Tasks | Mean |", "|---|---:|---:|"]
     for typ, mean in summary["type_means"].items():
         lines.append(f"| {typ} | {summary['type_counts'][typ]} | {_fmt(mean)} |")

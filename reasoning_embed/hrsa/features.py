@@ -217,6 +217,8 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
     kept_a = [kept_positions(x, specials_a, exclude_special_tokens, exclude_first_token) for x in ids_a]
     kept_b = [kept_positions(x, specials_b, exclude_special_tokens, exclude_first_token) for x in ids_b]
     text_ok = np.array([len(a) > 0 and len(b) > 0 for a, b in zip(kept_a, kept_b)], dtype=bool)
+    if not text_ok.any():
+        raise ValueError("no text has a kept token in both models (all excluded or empty)")
 
     # ---- the sample: texts in a seeded random order, whole (or per-text capped), identical in both models
     rng = np.random.default_rng(seed)
@@ -254,8 +256,6 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
         n_sample += len(pos)
 
     # ---- layer counts and widths from one short forward pass per model
-    if not text_ok.any():
-        raise ValueError("no text has a kept token in both models (all excluded or empty)")
     first_ok = int(np.flatnonzero(text_ok)[0])
 
     def shape(enc, ids):
@@ -292,11 +292,18 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"hrsa {level} features", unit="batch", total=math.ceil(len(todo) / batch_size))
+    reuse = enc_b is enc_a and same_ids and la == lb and pa == pb
     n_rows = n_nonpad = 0
     for start in batches:
         idx = todo[start:start + batch_size]
         out = {}
         for tag, enc, ids, kept in (("a", enc_a, ids_a, kept_a), ("b", enc_b, ids_b, kept_b)):
+            if tag == "b" and reuse:                           # the same model object read the same way
+                out["b"] = out["a"]
+                max_b.copy_(max_a)
+                first_b.copy_(first_a)
+                pooled_b[idx] = pooled_a[idx]
+                continue
             side = enc.tokenizer.hf.padding_side
             hs, mask, offs = states(enc, [ids[t] for t in idx], side)
             sel = la if tag == "a" else lb
@@ -352,7 +359,8 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
     counts = {
         "texts": n_texts, "texts_used": int(text_ok.sum()), "texts_without_kept_tokens": int((~text_ok).sum()),
         "tokens_nonpad": n_nonpad,
-        "tokens_kept": int(sum(len(kept_a[t]) for t in todo)) if level == "token" else None,
+        "tokens_kept": int(sum(len(kept_a[t]) for t in todo)),
+        "tokens_kept_b": int(sum(len(kept_b[t]) for t in todo)),
         "rows_streamed": n_rows, "sample_rows": n_sample, "sample_texts": len(slots),
         "sample_duplicates_skipped": n_dup, "max_sample": int(max_sample),
         "sample_tokens_per_text": sample_tokens_per_text,

@@ -4,7 +4,7 @@
 - ``st``: sentence-transformers tables, columns ``anchor``, ``positive`` and ``negative`` /
   ``negative_1``, ``negative_2``, ... (names configurable), from CSV, JSONL, Parquet or a
   ``datasets`` directory saved with ``save_to_disk`` (a ``DatasetDict``: ``split`` picks one).
-- ``beir``: a BEIR dataset directory: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
+- ``beir``: a BEIR dataset directory (or a directory of them, one source each): ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
   (``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``). Score > 0 is a
   positive; score <= 0 an (explicit) negative when ``beir_zero_as_negative``. Queries without a positive
   are skipped and counted.
@@ -268,7 +268,10 @@ def _sources(fmt: str, inputs) -> list[Path]:
     paths = [Path(p) for p in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
     out = []
     for p in paths:
-        if fmt == "beir" or not p.is_dir() or fmt == "st" and (p / "dataset_info.json").is_file() \
+        if fmt == "beir" and p.is_dir() and not (p / "corpus.jsonl").exists():
+            subsets = sorted(d for d in p.iterdir() if (d / "corpus.jsonl").is_file())
+            out.extend(subsets or [p])  # a directory of BEIR datasets: one source each
+        elif fmt == "beir" or not p.is_dir() or fmt == "st" and (p / "dataset_info.json").is_file() \
                 or fmt == "st" and (p / "dataset_dict.json").is_file():
             out.append(p)  # one source: a file, a BEIR dataset directory, or a datasets directory
         else:  # a directory of source files

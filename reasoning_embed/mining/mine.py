@@ -37,7 +37,8 @@ import shutil
 import tempfile
 import time
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from array import array
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +82,6 @@ class MineSettings:
     ivf_nprobe: int = 32
     keep_work_dir: bool = False
     bad_rows: str = "error"
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -104,6 +104,7 @@ class MineSettings:
 
 
 def histogram(values) -> dict:
+    """Counts over 40 bins of width 0.05 on [-1, 1] (values outside land in the end bins), plus summary."""
     v = np.asarray(values, dtype=np.float64)
     counts, _ = np.histogram(np.clip(v, -1.0, 1.0), bins=HIST_EDGES)
     out = {"n": int(v.size), "edges": HIST_EDGES.tolist(), "counts": counts.tolist()}
@@ -112,6 +113,29 @@ def histogram(values) -> dict:
         out.update(mean=float(v.mean()), min=float(v.min()), max=float(v.max()),
                    quantiles=dict(zip(["p05", "p25", "p50", "p75", "p95"], q.round(6).tolist())))
     return out
+
+
+class RunningHistogram:
+    """``histogram`` without keeping the values (for the ~100 candidates per query): no quantiles."""
+
+    def __init__(self):
+        self.counts = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
+        self.n, self.total, self.min, self.max = 0, 0.0, math.inf, -math.inf
+
+    def add(self, values) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        if not v.size:
+            return
+        self.counts += np.histogram(np.clip(v, -1.0, 1.0), bins=HIST_EDGES)[0]
+        self.n += v.size
+        self.total += float(v.sum())
+        self.min, self.max = min(self.min, float(v.min())), max(self.max, float(v.max()))
+
+    def to_dict(self) -> dict:
+        out = {"n": self.n, "edges": HIST_EDGES.tolist(), "counts": self.counts.tolist()}
+        if self.n:
+            out.update(mean=self.total / self.n, min=self.min, max=self.max)
+        return out
 
 
 def read_corpus(path: str | Path) -> list[str]:
@@ -214,7 +238,8 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
     counts = dict(candidates=0, margin_rejected=0, excluded_positive=0, excluded_positive_duplicate=0,
                   excluded_query_text=0, excluded_existing_negative=0, skipped_picked_duplicate=0,
                   mined_negatives=0, rows_short=0, rows_without_mined=0, rows_dropped_min_negatives=0)
-    pos_sims, neg_sims, rejected_sims = [], [], []
+    pos_sims, neg_sims = array("f"), array("f")  # 4 bytes a value: fine for millions of rows
+    rejected_hist = RunningHistogram()
     search_s = 0.0
 
     tmp_fd, tmp_name = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
@@ -246,6 +271,7 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
                 t0 = time.perf_counter()
                 scores, idx = searcher.search(q, depth)
                 search_s += time.perf_counter() - t0
+                chunk_rejected: list[float] = []
                 for j, r in enumerate(chunk):
                     row_i = start + j
                     pos_ids = [where[p] for p in r.pos]
@@ -265,13 +291,14 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
                             break
                     window = cands[lo:hi]
                     counts["candidates"] += len(window)
-                    valid = []
+                    valid, rejected = [], []
                     for rank, (i, s) in enumerate(window):
                         if s <= threshold:
                             valid.append((rank, i, s))
                         else:
-                            counts["margin_rejected"] += 1
-                            rejected_sims.append(s)
+                            rejected.append(s)
+                    counts["margin_rejected"] += len(rejected)
+                    chunk_rejected.extend(rejected)
                     if settings.sampling == "random":  # a seeded random order per row; picks back in rank order
                         valid = random.Random(f"{settings.seed}-{row_i}").sample(valid, len(valid))
                     picked, seen = [], set()
@@ -299,6 +326,7 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
                     record = {"query": [r.instruction, r.query], "pos": list(r.pos), "neg": negs, **r.extra}
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     rows_out += 1
+                rejected_hist.add(chunk_rejected)
         _umask_mode(tmp_name)
         os.replace(tmp_name, output_path)
     except BaseException:
@@ -314,7 +342,7 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
         "corpus": str(corpus_path) if corpus_path else "positives of the input file",
         "reference": {"name": reference.name, "kind": reference.kind, "fingerprint": reference.fingerprint,
                       "dim": reference.dim},
-        "settings": {k_: v for k_, v in asdict(settings).items() if k_ != "extra"},
+        "settings": asdict(settings),
         "sim_pos_definition": "max cosine over the row's positives; query embedded without its instruction",
         "rule": f"keep candidate c iff cos(q,c) <= {margin_factor:g} * max_p cos(q,p)",
         "rows_in": len(rows) + read_report.skipped,
@@ -326,7 +354,9 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
         **counts,
         "rows_with_fewer_than_wanted": counts["rows_short"],
         "histograms": {"pos_sim": histogram(pos_sims), "mined_neg_sim": histogram(neg_sims),
-                       "margin_rejected_sim": histogram(rejected_sims)},
+                       "margin_rejected_sim": rejected_hist.to_dict()},
+        "counts_note": "excluded_* count search hits skipped while collecting the candidates of each query; "
+                       "candidates and margin_rejected are over the candidates inside rank_range",
         "encoding": {"queries": q_stats, "passages": p_stats},
         "seconds": {"encode": encode_s, "index": index_s, "search": search_s,
                     "total": time.perf_counter() - t_start},

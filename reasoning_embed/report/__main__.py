@@ -26,6 +26,14 @@ from reasoning_embed.utils.hydra_utils import quiet_environment, user_errors_exi
 log = logging.getLogger("reasoning_embed.report")
 
 
+def _tasks(summary: dict) -> dict[str, dict]:
+    """The evaluation summary's tasks as {name: {"score", "type"}} (it may hold a list of records)."""
+    tasks = summary.get("tasks", {})
+    if isinstance(tasks, list):
+        return {t["task"]: t for t in tasks}
+    return {t: (v if isinstance(v, dict) else {"score": v}) for t, v in tasks.items()}
+
+
 def _task_scores(metrics: dict) -> dict[str, dict[str, float]]:
     """benchmark -> {task: score x100}: the held-out validation sets, then every evaluated benchmark."""
     out: dict[str, dict[str, float]] = {}
@@ -34,16 +42,14 @@ def _task_scores(metrics: dict) -> dict[str, dict[str, float]]:
     if val:
         out["val_ndcg@10"] = val
     for bench, summary in (metrics.get("eval") or {}).items():
-        tasks = summary.get("tasks", {})
-        out[bench] = {t: (v["score"] if isinstance(v, dict) else v) for t, v in tasks.items()
-                      if (v["score"] if isinstance(v, dict) else v) is not None}
+        out[bench] = {t: v["score"] for t, v in _tasks(summary).items() if v.get("score") is not None}
     return out
 
 
 def _task_types(metrics: dict) -> dict[str, dict[str, str]]:
     out = {}
     for bench, summary in (metrics.get("eval") or {}).items():
-        out[bench] = {t: v.get("type", "task") for t, v in summary.get("tasks", {}).items() if isinstance(v, dict)}
+        out[bench] = {t: v.get("type", "task") for t, v in _tasks(summary).items()}
     return out
 
 

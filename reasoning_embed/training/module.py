@@ -44,6 +44,7 @@ class ContrastiveModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.val_sets = []  # RetrievalSets, given by the entry point (from the datamodule)
         self.last_val: dict = {}
+        self.last_val_step = -1
         self._tokens, self._step_time = 0, 0.0
         self.last_loss = float("nan")
 
@@ -168,6 +169,7 @@ class ContrastiveModule(L.LightningModule):
             values = [v for k, v in results.items() if k.endswith("/" + metric)]
             results[f"val/{metric}"] = sum(values) / len(values)
         self.last_val = results
+        self.last_val_step = int(self.global_step)
         # every rank computed the same numbers on the full held-out set: no cross-rank reduction needed
         self.log_dict(results, prog_bar=False, rank_zero_only=True, sync_dist=False)
         self.log("val_ndcg", results["val/ndcg@10"], prog_bar=True, logger=False, rank_zero_only=True)
