@@ -103,8 +103,32 @@ def test_adapter_protocols_instruction_sides_and_length_sorting(encoder, monkeyp
     off = MtebEncoderAdapter(encoder, table.__class__(**{**table.__dict__, "symmetric_both_sides": False}))
     s2 = off.encode(_loader(texts), task_metadata=sts, prompt_type=None, **kw)
     torch.testing.assert_close(torch.from_numpy(s2), encoder.encode(texts))
+    empty = ad.embed(["", "   ", "x"], None, 4)  # empty documents exist in real corpora: finite, unit norm
+    assert torch.isfinite(empty).all() and torch.allclose(empty.norm(dim=1), torch.ones(3))
     sims = ad.similarity(q, d)
     assert sims.shape == (5, 5) and torch.allclose(ad.similarity_pairwise(q, d), torch.diagonal(torch.as_tensor(sims)))
+
+
+def test_every_text_task_type_runs_through_mteb(encoder, tmp_path):
+    """mteb's own evaluators (STS, classification, clustering, pair classification, reranking, bitext) call
+    the adapter as they call any model; symmetric types get the instruction on both sides."""
+    import mteb.mocks.mock_tasks as mock
+
+    from reasoning_embed.evaluation.adapter import MtebEncoderAdapter
+    from reasoning_embed.evaluation.runner import run_tasks
+    from reasoning_embed.evaluation.summary import build_summary
+
+    names = ["MockSTSTask", "MockClassificationTask", "MockMultilingualClusteringFastTask",
+             "MockPairClassificationTask", "MockRerankingTask", "MockBitextMiningTask"]
+    ad = MtebEncoderAdapter(encoder, "e5")
+    done, failed = run_tasks(ad, [getattr(mock, n)() for n in names], tmp_path)
+    assert failed == [] and [d["task"] for d in done] == names
+    sides = {d["type"]: d["instruction_sides"] for d in done}
+    assert sides["Reranking"] == ["query", "document"]
+    for typ in ("STS", "Classification", "Clustering", "PairClassification", "BitextMining"):
+        assert sides[typ] == ["symmetric"], typ
+    summary = build_summary(done, failed, {})
+    assert len(summary["type_means"]) == 6 and summary["mean_type"] == pytest.approx(summary["mean_task"])
 
 
 def test_instruction_table_resolution():

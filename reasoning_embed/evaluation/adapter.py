@@ -120,7 +120,8 @@ class MtebEncoderAdapter:
                           progress=bool(kwargs.get("show_progress_bar", self.show_progress))).numpy()
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], instruction: str | None, batch_size: int, progress: bool = False) -> torch.Tensor:
+    def embed(self, texts: list[str], instruction: str | None, batch_size: int,
+              progress: bool = False) -> torch.Tensor:
         """``Encoder.encode(texts, instruction)`` with batches grouped by *token* length.
 
         The texts are tokenized once (the TextTokenizer's rules: prompt + text, truncation to the query or
@@ -136,6 +137,10 @@ class MtebEncoderAdapter:
                      add_special_tokens=tok.add_special_tokens)["input_ids"]
         plen = tok.prompt_length(prompt)
         pad_id = tok.hf.pad_token_id
+        # an empty text (some corpora have empty documents) would leave a row with no attended token and a NaN
+        # embedding: it reads one end-of-text token instead
+        filler = tok.hf.eos_token_id if tok.hf.eos_token_id is not None else pad_id
+        ids = [row if row else [filler] for row in ids]
         left = tok.hf.padding_side == "left"
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         out = torch.empty(len(texts), enc.dim)

@@ -57,7 +57,12 @@ def run_tasks(adapter, tasks, out_dir, batch_size: int = 32, show_progress: bool
             log.error("%s", traceback.format_exc())
             failed.append({"task": name, "type": task.metadata.type, "error": err})
             continue
-        used = adapter.instructions_used.get(name, {})
+        used = adapter.instructions_used.get(name)
+        if used is None and getattr(task.metadata, "tasks", None):  # an aggregate: its parts were encoded
+            parts = {t.metadata.name: adapter.instructions_used.get(t.metadata.name, {}) for t in task.metadata.tasks}
+            used = {"instruction": "; ".join(f"{k}: {v.get('instruction')}" for k, v in parts.items()),
+                    "source": "subtasks", "sides": sorted({s for v in parts.values() for s in v.get("sides", [])})}
+        used = used or {}
         done.append({
             "task": name, "type": task.metadata.type, "score": score, "main_score": task.metadata.main_score,
             "subsets": per_subset, "instruction": used.get("instruction"),

@@ -25,11 +25,11 @@ DEFAULTS = {
     "model": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 512, "tokenizer": "bpe", "vocab_size": 4096},
     "problems": {"kinds": ["add", "sub", "max", "parity"], "heldout_fraction": 0.25},
-    "pretrain": {"steps": 600, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
+    "pretrain": {"steps": 500, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
                  "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000},
-    "grpo": {"steps": 60, "prompts_per_step": 8, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0,
-             "lr": 5e-4, "beta": 0.04, "clip_eps": 0.2, "eps": 1e-4, "ppo_epochs": 1},
-    "sft": {"batch_size": 16, "lr": 5e-4},
+    "grpo": {"steps": 60, "prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0,
+             "lr": 5e-5, "beta": 0.04, "clip_eps": 0.2, "eps": 1e-4, "ppo_epochs": 1},
+    "sft": {"batch_size": 32, "lr": 5e-5},
     "eval": {"per_kind": 48, "max_new_tokens": 24, "lm_blocks": 64, "lm_block_size": 128},
 }
 

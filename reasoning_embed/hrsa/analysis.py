@@ -176,6 +176,11 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
     from .rotation_entropy import inverse_row_entropy, random_rotation_entropy_baseline
     from .stats import cka_permutation_test
 
+    for name, value, allowed in (("stats_layers", stats_layers, ("last", "all")),
+                                 ("dimcorr_pairs", dimcorr_pairs, ("all", "diagonal")),
+                                 ("knn_metric", knn_metric, ("cosine", "l2"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     t0 = time.perf_counter()
     dev = torch.device(device) if device is not None else torch.device("cpu")
 
@@ -321,10 +326,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
                 for name, deb in (("biased", False), ("debiased", True)):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
-                        # feature form: one n x d x d GEMM per permutation (the Gram form's n^2 gathers are
-                        # far slower on CPU at these sizes)
-                        p = cka_permutation_test(X, Y, g, n_perm=n_perm, seed=seed, debiased=deb,
-                                                 method="feature")
+                        p = cka_permutation_test(X, Y, g, n_perm=n_perm, seed=seed, debiased=deb)
                     cka.setdefault(name, {"estimate": _nan_to_none(linear_cka(X, Y, deb))})
                     cka[name].update(p_value=p.p_value, null_mean=float(p.null.mean()),
                                      null_q95=float(torch.quantile(p.null, 0.95)),

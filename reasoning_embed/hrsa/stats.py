@@ -133,7 +133,9 @@ def cka_permutation_test(X, Y, groups=None, n_perm: int = 1000, seed: int = 0, d
 
     ``method``: ``"feature"`` — per permutation one dx x dy GEMM over n rows (cost n dx dy);
     ``"gram"`` — precompute the two centred n x n Grams once, then per permutation one gathered
-    elementwise product (cost n^2; for n below ~dx*dy/4 and n <= 8192); ``"auto"`` picks.
+    elementwise product (cost n^2, but a random gather: ~35 ns per element against ~0.15 ns per
+    multiply-add of the GEMM on a CPU core, so it wins only for n below ~dx*dy/256, n <= 8192);
+    ``"auto"`` picks.
     Denominators (self terms) are permutation-invariant and computed once.
     """
     X, Y = as_f64(X, "X"), as_f64(Y, "Y")
@@ -141,7 +143,9 @@ def cka_permutation_test(X, Y, groups=None, n_perm: int = 1000, seed: int = 0, d
     if debiased:
         _check_n_debiased(n)
     if method == "auto":
-        method = "gram" if (n <= 8192 and 4 * n < X.shape[1] * Y.shape[1]) else "feature"
+        # measured (1 CPU thread, per permutation): n=2000, d=128: feature 9.5 ms, gram 128 ms;
+        # n=200, d=128: 2.6 vs 1.2 ms; n=2000, d=1024: 288 vs 153 ms
+        method = "gram" if (n <= 8192 and 256 * n < X.shape[1] * Y.shape[1]) else "feature"
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     if method == "feature":
         ax, ay = (Xc * Xc).sum(1), (Yc * Yc).sum(1)
