@@ -73,7 +73,7 @@ def test_resume_from_last_ckpt_ends_with_the_same_loss(train_cfg, tmp_path):
 def test_compose_every_backbone_and_trainer_config(train_cfg):
     from hydra.utils import instantiate
 
-    for backbone in ("tiny_base", "tiny_rlvr", "tiny_sft", "qwen_base", "qwen_rlvr", "qwen_sft", "qwen_instruct",
+    for backbone in ("tiny_random", "tiny_base", "tiny_rlvr", "tiny_sft", "qwen_base", "qwen_rlvr", "qwen_sft", "qwen_instruct",
                      "qwen3_base", "qwen3_reason"):
         cfg = train_cfg(f"backbone={backbone}")
         assert cfg.backbone.name == backbone

@@ -60,8 +60,8 @@ class ContrastiveModule(L.LightningModule):
         self._skip_consumed_batches()
         world = self.trainer.world_size
         dm = self.trainer.datamodule
-        per_device = dm.batch_size if dm is not None else None
-        group = 1 + dm.num_negatives if dm is not None else None
+        per_device = getattr(dm, "batch_size", None)
+        group = 1 + dm.num_negatives if getattr(dm, "num_negatives", None) else None
         if per_device and group:
             g = per_device * world
             log.info("effective recipe: global batch %d queries (%d per device x %d devices), chunk size %s, "
