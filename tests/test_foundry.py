@@ -199,3 +199,10 @@ def test_resolve_backbone_caches_and_keeps_the_random_init_fast_path(micro_tripl
     meta = json.loads((Path(fast) / "foundry.json").read_text())
     assert meta["heldout_accuracy"] is None and "random init" in meta["how"]
     assert not (tmp_path / "tiny_base").exists()  # the fast path builds only what was asked
+    from reasoning_embed.models.backbone import _is_stale_random_init
+
+    assert _is_stale_random_init(Path(fast), "sft")  # with foundry on, this cache would be rebuilt by the foundry
+    assert not _is_stale_random_init(micro_triple / "tiny_sft", "sft")
+    user = tmp_path / "my_export"
+    user.mkdir()  # any other existing directory is used as it is, whatever the tiny spec says
+    assert resolve_backbone(str(user), {**tiny, "variant": "sft"}, str(micro_corpus)) == str(user)

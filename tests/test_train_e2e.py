@@ -87,5 +87,6 @@ def test_compose_every_backbone_and_trainer_config(train_cfg):
     assert isinstance(strategy, FSDPStrategy)
     cfg = train_cfg("finetune=lora")
     assert cfg.finetune.r == 16 and cfg.finetune.alpha == 32 and cfg.finetune.dropout == 0.1
-    cfg = train_cfg()
+    cfg = train_cfg("experiment=paper_recipe")
     assert cfg.model.temperature == 0.02 and cfg.model.optimizer.weight_decay == 0.05
+    assert cfg.model.optimizer.lr == 2.0e-5 and cfg.model.warmup_ratio == 0.03 and cfg.model.max_grad_norm == 1.0

@@ -51,14 +51,18 @@ def resolve_backbone(path: str, tiny: dict | None = None, corpus_dir: str | None
 FOUNDRY_VARIANTS = ("base", "rlvr", "sft")
 
 
-def _is_foundry_build(path: Path) -> bool:
+def _is_stale_random_init(path: Path, variant: str) -> bool:
+    """A cached ``tiny_<variant>`` written by the old random-init builder (to be replaced by the foundry).
+    Any other existing directory (a foundry build, a user's model, a trained export) is used as it is."""
     import json
 
-    meta = path / "foundry.json"
+    if path.name != f"tiny_{variant}":
+        return False
     try:
-        return json.loads(meta.read_text()).get("builder") == "reasoning_embed.foundry"
+        meta = json.loads((path / "foundry.json").read_text())
     except (OSError, ValueError):
         return False
+    return meta.get("builder") != "reasoning_embed.foundry" and str(meta.get("how", "")).startswith("random init")
 
 
 def _resolve_tiny(path: str, tiny: dict, corpus_dir: str | None) -> str:
@@ -67,7 +71,7 @@ def _resolve_tiny(path: str, tiny: dict, corpus_dir: str | None) -> str:
     variant = tiny.get("variant", "base")
     use_foundry = bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS
     target = Path(path)
-    if target.is_dir() and (not use_foundry or _is_foundry_build(target)):
+    if target.is_dir() and (not use_foundry or not _is_stale_random_init(target, variant)):
         return str(target)
     if corpus_dir is not None:
         from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus

