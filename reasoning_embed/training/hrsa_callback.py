@@ -24,9 +24,10 @@ from reasoning_embed.utils.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def load_probe_texts(path: str | None, val_sets, n_probe: int) -> tuple[list[str], list[str | None]]:
+def load_probe_texts(path: str | None, val_sets, n_probe: int, train_rows=None) -> tuple[list[str], list[str | None]]:
     """Probe texts and their instructions: a file (JSONL training format, or one text per line), or by
-    default a held-out slice of the validation sets: half queries (with instructions), half passages."""
+    default a held-out slice of the validation sets: half queries (with instructions), half passages.
+    Without validation sets, the first training rows stand in (logged: they are not held out)."""
     texts, instructions = [], []
     if path:
         p = Path(path)
@@ -48,6 +49,13 @@ def load_probe_texts(path: str | None, val_sets, n_probe: int) -> tuple[list[str
                 else:
                     texts.append(line)
                     instructions.append(None)
+        return texts[:n_probe], instructions[:n_probe]
+    if not val_sets and train_rows:
+        log.warning("HRSA probe set: no held-out data (data.val is empty), using the first %d training rows; "
+                    "set callbacks.hrsa.probe_file for a held-out probe set", n_probe // 2)
+        for row in train_rows[: -(-n_probe // 2)]:
+            texts += [row.query, row.pos[0]]
+            instructions += [row.instruction or None, None]
         return texts[:n_probe], instructions[:n_probe]
     if not val_sets:
         raise ValueError("HRSACallback needs probe texts: set callbacks.hrsa.probe_file or give data.val")
@@ -112,7 +120,9 @@ class HRSACallback(L.Callback):
         dm = trainer.datamodule
         if dm is not None and not getattr(dm, "val_sets", None) and dm.val_path:
             dm.setup(stage)
-        self.texts, self.instructions = load_probe_texts(self.probe_file, getattr(dm, "val_sets", []), self.n_probe)
+        dataset = getattr(dm, "dataset", None)
+        self.texts, self.instructions = load_probe_texts(self.probe_file, getattr(dm, "val_sets", []), self.n_probe,
+                                                         dataset.rows if dataset is not None else None)
         jsonl = self._dir(trainer) / "realignment.jsonl"
         if jsonl.exists():  # resuming: keep the history, reload step-0 features
             self.records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
