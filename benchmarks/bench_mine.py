@@ -7,7 +7,7 @@ Run:  .venv/bin/python benchmarks/bench_mine.py                 (N = 100,000; en
 What runs: a training JSONL of N rows (synthetic queries of 8-16 and passages of 30-60 words drawn from
 the stdlib corpus' vocabulary; row i's positive is passage i) is mined end to end by
 ``reasoning_embed.mining.mine.mine_file`` (the code ``python -m reasoning_embed.mine`` runs) with the
-tiny backbone (``conf/backbone/tiny_base.yaml``: Qwen2, 4 layers, d = 128, 4,096-id BPE; max 64
+tiny backbone (``REFERENCE`` below: random-init Qwen2, 4 layers, d = 128, 4,096-id BPE; max 64
 tokens), default settings (top 100 candidates, margin 0.05, 3 negatives), in a child process so its
 peak RSS (ru_maxrss) is the mining's own. It prints wall time split into encoding (queries + passages),
 index build and search (+ the Python selection loop), and peak memory.
@@ -23,8 +23,9 @@ queries x N passages); both are printed, labelled as extrapolated.
 Measured here (2-core VM, torch 2.13 CPU, faiss-cpu 1.15, --threads 1; the machine was shared with
 other engineers' jobs: load average 4-7 on the 2 CPUs throughout, so absolute times are pessimistic):
 
+    (run when the reference was outputs/backbones/tiny_base, a random init of the REFERENCE dimensions)
     $ .venv/bin/python benchmarks/bench_mine.py            (whole script 25 min)
-    mining 100,000 queries against 100,000 passages (tiny_base reference, max 64 tokens) ...
+    mining 100,000 queries against 100,000 passages (tiny random-init reference, max 64 tokens) ...
       wall 955.3 s = encoding 839.7 s + index build 0.09 s + search 83.3 s + selection/writing 32.2 s
       encoding throughput 238 texts/s
       peak RSS 1278 MiB (after loading the model: 411 MiB)
@@ -65,20 +66,22 @@ K = 101
 CHUNK = 2048
 
 
-def tiny_reference_dir() -> Path:
-    """The project's tiny backbone (built offline once if missing)."""
-    import yaml
+# The reference: a random-init tiny Qwen2 (the project's tiny architecture: 4 layers, d = 128, 4,096-id BPE),
+# built once into outputs/backbones/bench_mine_reference. Pinned here rather than read from
+# conf/backbone/tiny_base.yaml, whose model may be trained or resized by the foundry, so figures compare.
+REFERENCE = dict(seed=0, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=512, tokenizer="bpe", vocab_size=4096)
 
-    path = ROOT / "outputs" / "backbones" / "tiny_base"
+
+def tiny_reference_dir() -> Path:
+    path = ROOT / "outputs" / "backbones" / "bench_mine_reference"
     if (path / "config.json").is_file():
         return path
     from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
     from reasoning_embed.models.tiny import build_tiny_backbone
 
-    tiny = yaml.safe_load((ROOT / "conf" / "backbone" / "tiny_base.yaml").read_text())["tiny"]
-    tiny.pop("variant", None)
     corpus = build_stdlib_corpus(ROOT / "outputs" / "data" / "stdlib")
-    return Path(build_tiny_backbone(path, corpus, **tiny))
+    return Path(build_tiny_backbone(path, corpus, **REFERENCE))
 
 
 def make_input(n: int, path: Path, seed: int = 0) -> None:
@@ -200,7 +203,7 @@ def main() -> None:
             tiny_reference_dir()
             inp = tmp / "in.jsonl"
             make_input(a.n, inp)
-            print(f"mining {a.n:,} queries against {a.n:,} passages (tiny_base reference, max 64 tokens) ...",
+            print(f"mining {a.n:,} queries against {a.n:,} passages (tiny random-init reference, max 64 tokens) ...",
                   flush=True)
             m = run_child(["--child", "mine", "--batch-size", str(a.batch_size), "--threads", str(a.threads), str(inp),
                            str(tmp / "out.jsonl")])

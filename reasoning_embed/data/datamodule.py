@@ -25,13 +25,14 @@ class ContrastiveDataModule(L.LightningDataModule):
     def __init__(self, train: str, val: str | None = None, batch_size: int = 32, num_negatives: int = 3,
                  no_negative_policy: str = "drop", bad_rows: str = "error", val_max_queries: int | None = 500,
                  num_workers: int = 0, seed: int = 0, offline_corpus: str | None = None,
-                 report_dir: str | None = None):
+                 mine_reference: str | None = None, report_dir: str | None = None):
         super().__init__()
         self.train_path, self.val_path = train, val
         self.batch_size, self.num_negatives = batch_size, num_negatives
         self.no_negative_policy, self.bad_rows = no_negative_policy, bad_rows
         self.val_max_queries, self.num_workers, self.seed = val_max_queries, num_workers, seed
         self.offline_corpus, self.report_dir = offline_corpus, report_dir
+        self.mine_reference = mine_reference  # mine the offline corpus's negatives with this model first
         self.tokenizer = None  # TextTokenizer, set by the training entry point
         self.dataset = self.sampler = None
         self.val_sets = []
@@ -42,6 +43,10 @@ class ContrastiveDataModule(L.LightningDataModule):
             from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
 
             build_stdlib_corpus(self.offline_corpus)
+            if self.mine_reference:
+                from reasoning_embed.mining.offline import mine_offline_corpus
+
+                mine_offline_corpus(self.offline_corpus, reference=self.mine_reference)  # cached after the first build
 
     def _read(self, path):
         rows, report = read_jsonl(path, self.bad_rows)
