@@ -70,12 +70,22 @@ def test_without_replay_dropout_breaks_equality(train_cfg, tmp_path, dropout_bac
         _assert_same(cached, reference, rel=1e-5)
 
 
-def test_effective_recipe_is_logged(train_cfg, tmp_path, caplog):
+def test_effective_recipe_is_logged(train_cfg, tmp_path):
     import logging
 
-    caplog.set_level(logging.INFO, logger="reasoning_embed.training.module")
-    _grads(train_cfg, tmp_path, "log", 8, [], chunk_size=2)
-    line = next(r.getMessage() for r in caplog.records if "effective recipe" in r.getMessage())
+    # a handler of our own: an earlier Hydra run in the same process may have reconfigured propagation
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("reasoning_embed.training.module")
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        _grads(train_cfg, tmp_path, "log", 8, [], chunk_size=2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    line = next(r.getMessage() for r in records if "effective recipe" in r.getMessage())
     assert "global batch 8 queries (8 per device x 1 devices)" in line
     assert "chunk size 2" in line and "group 4 (1 positive + 3 hard negatives)" in line
     assert "against 32 passages" in line
