@@ -70,22 +70,13 @@ def test_without_replay_dropout_breaks_equality(train_cfg, tmp_path, dropout_bac
         _assert_same(cached, reference, rel=1e-5)
 
 
-def test_effective_recipe_is_logged(train_cfg, tmp_path):
-    import logging
+def test_effective_recipe_is_logged(train_cfg, tmp_path, monkeypatch):
+    from reasoning_embed.training import module as module_mod
 
-    # a handler of our own: an earlier Hydra run in the same process may have reconfigured propagation
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("reasoning_embed.training.module")
-    logger.addHandler(handler)
-    old_level, logger.level = logger.level, logging.INFO
-    try:
-        _grads(train_cfg, tmp_path, "log", 8, [], chunk_size=2)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    line = next(r.getMessage() for r in records if "effective recipe" in r.getMessage())
+    lines = []
+    monkeypatch.setattr(module_mod.log, "info", lambda msg, *a: lines.append(msg % a if a else msg))
+    _grads(train_cfg, tmp_path, "log", 8, [], chunk_size=2)
+    line = next(x for x in lines if "effective recipe" in x)
     assert "global batch 8 queries (8 per device x 1 devices)" in line
     assert "chunk size 2" in line and "group 4 (1 positive + 3 hard negatives)" in line
     assert "against 32 passages" in line

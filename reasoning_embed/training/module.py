@@ -45,6 +45,7 @@ class ContrastiveModule(L.LightningModule):
         self.val_sets = []  # RetrievalSets, given by the entry point (from the datamodule)
         self.last_val: dict = {}
         self.last_val_step = -1
+        self.effective_recipe = ""
         self._tokens, self._step_time = 0, 0.0
         self.last_loss = float("nan")
 
@@ -64,10 +65,11 @@ class ContrastiveModule(L.LightningModule):
         group = 1 + dm.num_negatives if getattr(dm, "num_negatives", None) else None
         if per_device and group:
             g = per_device * world
-            log.info("effective recipe: global batch %d queries (%d per device x %d devices), chunk size %s, "
-                     "group %d (1 positive + %d hard negatives), each query scored against %d passages",
-                     g, per_device, world, self.hparams.chunk_size or "off (no gradient caching)", group,
-                     group - 1, g * group)
+            self.effective_recipe = (
+                f"effective recipe: global batch {g} queries ({per_device} per device x {world} devices), chunk size "
+                f"{self.hparams.chunk_size or 'off (no gradient caching)'}, group {group} (1 positive + {group - 1} "
+                f"hard negatives), each query scored against {g * group} passages")
+            log.info(self.effective_recipe)
 
     def on_fit_start(self):
         self.encoder.train()  # from_pretrained returns eval mode
