@@ -18,7 +18,7 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
         [sys.executable, "-m", "reasoning_embed.train", "debug=fast", f"hydra.run.dir={run_dir}",
          f"backbone.path={micro_backbone}", "backbone.tiny=null", f"paths.data_dir={corpus_dir.parent}",
          f"data.offline_corpus={corpus_dir}", f"data.train={corpus_dir}/train", f"data.val={corpus_dir}/val",
-         f"encoder.corpus_dir={corpus_dir}", "callbacks.progress=null"],
+         f"encoder.corpus_dir={corpus_dir}", "callbacks.progress=null", "eval.benchmark=local"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for path in (".hydra/config.yaml", "checkpoints/last.ckpt", "model/config.json", "model/modules.json",
@@ -29,6 +29,8 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
     for key in ("val/ndcg@10", "val/recall@10", "val/mrr@10"):
         assert 0 <= metrics["final_val"][key] <= 1 and key in metrics["initial_val"]
     assert json.loads((run_dir / "model/config.json").read_text())["is_causal"] is False
+    local = metrics["eval"]["local"]  # evaluation at the end of training lands in metrics.json
+    assert local["failed"] == [] and 0 <= local["mean_task"] <= 100 and (run_dir / "eval/local/summary.json").exists()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, "W&B offline run missing"
     history = list(offline_runs[0].glob("*.wandb"))
