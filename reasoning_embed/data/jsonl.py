@@ -68,6 +68,27 @@ def parse_row(obj, path, line) -> Row:
     return Row(q[0], q[1], pos, neg, extra)
 
 
+def iter_json_lines(path: str | Path, objects_only: bool = True, hint: str = ""):
+    """Yield (line number, parsed value) for every non-blank line of a JSONL file. A missing file, a line
+    that is not JSON (or, with ``objects_only``, not a JSON object) raises DataFormatError naming the line;
+    ``hint`` is appended to the message (what the caller expected)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, None, None, "file not found")
+    suffix = f"; {hint}" if hint else ""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno}){suffix}") from None
+            if objects_only and not isinstance(obj, dict):
+                raise DataFormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}{suffix}")
+            yield lineno, obj
+
+
 def read_jsonl(path: str | Path, bad_rows: str = "error") -> tuple[list[Row], ReadReport]:
     if bad_rows not in BAD_ROW_POLICIES:
         raise ValueError(f"bad_rows must be one of {BAD_ROW_POLICIES}, got {bad_rows!r}")

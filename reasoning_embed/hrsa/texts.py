@@ -22,12 +22,12 @@ available, a seeded random subset is kept (in source order).
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from reasoning_embed.data.jsonl import iter_json_lines
 from reasoning_embed.errors import DataFormatError
 
 PAIRS_USE = ("pos", "query", "both")
@@ -68,30 +68,21 @@ def _training_texts(obj: dict, pairs_use: str, path, line) -> list[str]:
 
 def _read_jsonl(path: Path, text_field: str, label_field: str | None, pairs_use: str):
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno}); expected "
-                                      f"one JSON object per line with a {text_field!r} field or query/pos") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
-            if text_field in obj:
-                if not isinstance(obj[text_field], str):
-                    raise DataFormatError(path, lineno, text_field,
-                                          f"expected a string, got {type(obj[text_field]).__name__}")
-                rows = [obj[text_field]]
-            elif "query" in obj or "pos" in obj:
-                rows = _training_texts(obj, pairs_use, path, lineno)
-            else:
-                raise DataFormatError(path, lineno, text_field, f"missing; expected a {text_field!r} field "
-                                      "(or the training format's query/pos)")
-            lab = obj.get(label_field) if label_field else None
-            texts.extend(rows)
-            labels.extend([lab] * len(rows))
+    hint = f"expected one JSON object per line with a {text_field!r} field or query/pos"
+    for lineno, obj in iter_json_lines(path, hint=hint):
+        if text_field in obj:
+            if not isinstance(obj[text_field], str):
+                raise DataFormatError(path, lineno, text_field,
+                                      f"expected a string, got {type(obj[text_field]).__name__}")
+            rows = [obj[text_field]]
+        elif "query" in obj or "pos" in obj:
+            rows = _training_texts(obj, pairs_use, path, lineno)
+        else:
+            raise DataFormatError(path, lineno, text_field, f"missing; expected a {text_field!r} field "
+                                  "(or the training format's query/pos)")
+        lab = obj.get(label_field) if label_field else None
+        texts.extend(rows)
+        labels.extend([lab] * len(rows))
     return texts, labels
 
 

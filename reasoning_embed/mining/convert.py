@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from reasoning_embed.data.jsonl import iter_json_lines
 from reasoning_embed.errors import DataFormatError, ReasoningEmbedError
 
 FORMATS = ("st", "beir", "tevatron")
@@ -91,22 +92,6 @@ def _text(value, path, line, key) -> str:
     return value
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    if not path.is_file():
-        raise DataFormatError(path, None, None, "file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})")
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 # ----------------------------------------------------------------------------------------- sentence-transformers
 def _table_rows(path: Path, split: str) -> Iterator[tuple[int, dict]]:
     """(line or row number, record) of a table file or a datasets directory."""
@@ -137,7 +122,7 @@ def _table_rows(path: Path, split: str) -> Iterator[tuple[int, dict]]:
                 yield start, rec
                 start = reader.line_num + 1
     elif suffix in (".jsonl", ".json"):
-        yield from _jsonl(path)
+        yield from iter_json_lines(path)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -180,7 +165,7 @@ def convert_beir(path: Path, instruction: str, split: str = "train", title_separ
     corpus_path, queries_path = path / "corpus.jsonl", path / "queries.jsonl"
     qrels_path = path / "qrels" / f"{split}.tsv"
     corpus = {}
-    for line, obj in _jsonl(corpus_path):
+    for line, obj in iter_json_lines(corpus_path):
         if "_id" not in obj:
             raise DataFormatError(corpus_path, line, "_id", "missing")
         corpus[str(obj["_id"])] = _join(obj.get("title"), _text(obj.get("text"), corpus_path, line, "text"),
@@ -188,7 +173,7 @@ def convert_beir(path: Path, instruction: str, split: str = "train", title_separ
     if not corpus:
         raise DataFormatError(corpus_path, None, None, "empty corpus: no documents")
     queries, order = {}, []
-    for line, obj in _jsonl(queries_path):
+    for line, obj in iter_json_lines(queries_path):
         if "_id" not in obj:
             raise DataFormatError(queries_path, line, "_id", "missing")
         queries[str(obj["_id"])] = _text(obj.get("text"), queries_path, line, "text")
@@ -249,7 +234,7 @@ def convert_tevatron(path: Path, instruction: str, title_separator: str = " ", *
             out.append(_join(p.get("title"), _text(p.get("text"), path, line, f"{key}[{i}].text"), title_separator))
         return out
 
-    for line, obj in _jsonl(path):
+    for line, obj in iter_json_lines(path):
         if "query" not in obj:
             raise DataFormatError(path, line, "query", "missing")
         query = _text(obj["query"], path, line, "query")

@@ -44,6 +44,7 @@ from typing import Callable
 
 import numpy as np
 
+from reasoning_embed.data.jsonl import iter_json_lines
 from reasoning_embed.data.jsonl import data_files, read_jsonl
 from reasoning_embed.errors import DataFormatError, ReasoningEmbedError
 from reasoning_embed.mining.reference import Reference
@@ -142,32 +143,23 @@ def read_corpus(path: str | Path) -> list[str]:
     """Passages of a corpus file (JSONL): a string per line, or objects with ``text`` (and optional
     ``title``, joined with a space) or training rows (their ``pos``)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, None, None, "corpus file not found")
     texts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})")
-            if isinstance(obj, str):
-                items = [obj]
-            elif isinstance(obj, dict) and "text" in obj:
-                text, title = obj["text"], obj.get("title") or ""
-                if not isinstance(text, str) or not isinstance(title, str):
-                    raise DataFormatError(path, lineno, "text", "expected a string")
-                items = [f"{title} {text}".strip() if title else text]
-            elif isinstance(obj, dict) and "pos" in obj:
-                items = obj["pos"] if isinstance(obj["pos"], list) else [obj["pos"]]
-            else:
-                raise DataFormatError(path, lineno, "text", "missing; expected a string, {\"text\": ...} or a row with \"pos\"")
-            for t in items:
-                if not isinstance(t, str) or not t.strip():
-                    raise DataFormatError(path, lineno, "text", "empty or not a string")
-                texts.append(t)
+    for lineno, obj in iter_json_lines(path, objects_only=False):
+        if isinstance(obj, str):
+            items = [obj]
+        elif isinstance(obj, dict) and "text" in obj:
+            text, title = obj["text"], obj.get("title") or ""
+            if not isinstance(text, str) or not isinstance(title, str):
+                raise DataFormatError(path, lineno, "text", "expected a string")
+            items = [f"{title} {text}".strip() if title else text]
+        elif isinstance(obj, dict) and "pos" in obj:
+            items = obj["pos"] if isinstance(obj["pos"], list) else [obj["pos"]]
+        else:
+            raise DataFormatError(path, lineno, "text", "missing; expected a string, {\"text\": ...} or a row with \"pos\"")
+        for t in items:
+            if not isinstance(t, str) or not t.strip():
+                raise DataFormatError(path, lineno, "text", "empty or not a string")
+            texts.append(t)
     if not texts:
         raise DataFormatError(path, None, None, "empty corpus: no passages")
     return texts
