@@ -21,6 +21,16 @@ MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key
              intermediate_size=64, vocab_size=1024)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread avoids OpenMP barriers that cost up to 10x on a busy 2-core box.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus

@@ -9,13 +9,7 @@ import torch
 from conftest import synthetic_rows, write_jsonl
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 cores shared with other jobs: two OpenMP threads spin-wait and run ~4x slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,11 @@ import sys
 import time
 
 import pytest
-import torch
 
 from conftest import synthetic_rows, write_jsonl
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_aggregate_matches_hand_computation():

@@ -15,15 +15,7 @@ from reasoning_embed.mining.margin_filter import filter_file
 from reasoning_embed.mining.reference import Reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The micro model's matrices are tiny: one thread avoids OpenMP barriers that cost 10x on a busy box."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TableReference(Reference):

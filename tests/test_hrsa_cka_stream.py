@@ -8,12 +8,7 @@ import torch
 from reasoning_embed.hrsa import CKAAccumulator, cka_matrix, linear_cka, linear_cka_gram
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_models(seed=0, n=120, La=4, Lb=3, da=6, db=9, offset=10.0):

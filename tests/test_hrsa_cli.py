@@ -19,12 +19,7 @@ FIGURES = {"cka_biased.png", "cka_debiased.png", "dimcorr.png", "knn_overlap.png
            "alignment_matrix.png", "probe_transfer.png"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(path_a, path_b, corpus_dir, *extra) -> list[str]:

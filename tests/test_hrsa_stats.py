@@ -12,12 +12,7 @@ from reasoning_embed.hrsa import (bootstrap_ci, cka_permutation_test, group_perm
                                   linear_cka, permutation_p_value, permutation_test)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def related(seed=0, n=40, dx=5, dy=7, strength=0.3):
