@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> dict:
         "steps": int(trainer.global_step),
         "tokens_per_s": module.throughput(),
         "train_seconds": train_seconds,
+        "hrsa_callback_seconds": sum(getattr(cb, "seconds", 0.0) for cb in trainer.callbacks
+                                     if type(cb).__name__ == "HRSACallback"),
         "final_loss": module.last_loss,
         "initial_val": initial,
         "final_val": final,

@@ -80,3 +80,18 @@ def test_effective_recipe_is_logged(train_cfg, tmp_path, monkeypatch):
     assert "global batch 8 queries (8 per device x 1 devices)" in line
     assert "chunk size 2" in line and "group 4 (1 positive + 3 hard negatives)" in line
     assert "against 32 passages" in line
+
+
+def test_slurm_launcher_config_runs_one_task_per_gpu():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2",
+                                                       "hydra.launcher.gpus_per_node=4", "trainer=ddp",
+                                                       "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == 2 and launcher.tasks_per_node == 4  # one task per GPU
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy._target_.endswith("DDPStrategy")

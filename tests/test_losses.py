@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from reasoning_embed.training.losses import info_nce
+from reasoning_embed.training.losses import info_nce, info_nce_with_grad
 
 
 def test_info_nce_equals_hand_computation():
@@ -40,3 +40,20 @@ def test_perfect_embeddings_reach_zero_loss_and_full_accuracy():
     p[0::2] = torch.eye(4)  # positives identical to queries, negatives orthogonal-ish zeros
     loss, stats = info_nce(q, p, 2, 0.02)
     assert loss.item() < 1e-6 and stats["acc"].item() == 1.0
+
+
+def test_chunked_loss_gradient_equals_full_autograd():
+    """The gradient-caching loss (query chunks, never the full score matrix) equals autograd of info_nce,
+    with a label offset (this device's block of gathered passages) and a last chunk shorter than the rest."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(37, 16, generator=g), dim=-1).requires_grad_()
+    p = torch.nn.functional.normalize(torch.randn(2 * 37 * 4, 16, generator=g), dim=-1).requires_grad_()
+    loss, stats = info_nce(q, p, 4, 0.05, label_offset=37 * 4)
+    gq, gp = torch.autograd.grad(loss, [q, p])
+    loss_c, stats_c, gq_c, gp_c = info_nce_with_grad(q.detach(), p.detach(), 4, 0.05, label_offset=37 * 4,
+                                                     chunk_size=8)
+    assert torch.allclose(loss_c, loss, atol=1e-6)
+    assert torch.allclose(gq_c, gq, atol=1e-6) and torch.allclose(gp_c, gp, atol=1e-6)
+    assert gp_c[: 37 * 4].abs().sum() > 0  # the other device's passages are negatives too
+    for k in stats:
+        assert torch.allclose(torch.as_tensor(stats_c[k]), stats[k], atol=1e-6), k

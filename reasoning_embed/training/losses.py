@@ -26,3 +26,37 @@ def info_nce(q: torch.Tensor, p: torch.Tensor, group_size: int, temperature: flo
             "hardest_neg_sim": others.max(dim=1).values.mean(),
         }
     return loss, stats
+
+
+def info_nce_with_grad(q: torch.Tensor, p: torch.Tensor, group_size: int, temperature: float = 0.02,
+                       label_offset: int = 0, chunk_size: int = 32
+                       ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    """:func:`info_nce` and its gradient w.r.t. ``q`` and ``p``, computed ``chunk_size`` queries at a time.
+
+    Gradient caching needs d loss / d embeddings for the whole global batch; the full score matrix
+    (queries x all passages, plus its softmax and gradient) would grow with the square of the batch, so
+    the rows are processed in chunks and only ``chunk_size x len(p)`` scores exist at once. The loss is
+    the mean over all queries, exactly as :func:`info_nce`.
+    """
+    n = q.shape[0]
+    q_grad = torch.empty_like(q, dtype=torch.float32)
+    p_leaf = p.detach().float().requires_grad_()
+    p_grad = torch.zeros_like(p_leaf)
+    total = torch.zeros((), dtype=torch.float32, device=q.device)
+    sums = {"acc": 0.0, "pos_sim": 0.0, "hardest_neg_sim": 0.0}
+    for start in range(0, n, chunk_size):
+        qc = q[start:start + chunk_size].detach().float().requires_grad_()
+        labels = label_offset + torch.arange(start, start + qc.shape[0], device=q.device) * group_size
+        scores = qc @ p_leaf.T
+        loss = F.cross_entropy(scores / temperature, labels, reduction="sum") / n
+        gq, gp = torch.autograd.grad(loss, [qc, p_leaf])
+        q_grad[start:start + qc.shape[0]] = gq
+        p_grad += gp
+        total += loss.detach()
+        with torch.no_grad():
+            scores = scores.detach()
+            sums["acc"] += (scores.argmax(dim=1) == labels).float().sum()
+            sums["pos_sim"] += scores.gather(1, labels[:, None]).sum()
+            sums["hardest_neg_sim"] += scores.scatter(1, labels[:, None], float("-inf")).max(dim=1).values.sum()
+    stats = {k: v / n for k, v in sums.items()}
+    return total, stats, q_grad.to(q.dtype), p_grad.to(p.dtype)

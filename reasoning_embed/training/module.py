@@ -16,7 +16,7 @@ import torch
 
 from reasoning_embed.data.contrastive import batch_tokens
 from reasoning_embed.training.grad_cache import RandomState, split_features
-from reasoning_embed.training.losses import info_nce
+from reasoning_embed.training.losses import info_nce, info_nce_with_grad
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,13 @@ class ContrastiveModule(L.LightningModule):
                 states.append(RandomState())
                 embs.append(self.encoder(**feats))
         n_q = len(split_features(batch["query"], c))
-        q = torch.cat(embs[:n_q]).detach().requires_grad_()
+        q = torch.cat(embs[:n_q]).detach()
         p = torch.cat(embs[n_q:]).detach().requires_grad_()
-        loss, stats = self._loss(q, p, group)
-        q_grad, p_grad = torch.autograd.grad(loss, [q, p])
+        p_all, offset = self._gather(p)  # differentiable all-gather: its backward sums each rank's share
+        # the loss gradient, c queries at a time: memory stays flat as the global batch grows
+        loss, stats, q_grad, p_all_grad = info_nce_with_grad(q, p_all.detach(), group, self.hparams.temperature,
+                                                             offset, chunk_size=c)
+        p_grad = p_all_grad if p_all is p else torch.autograd.grad(p_all, p, p_all_grad)[0]
         grads = list(q_grad.split(c)) + list(p_grad.split(c * group))
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
         for i, ((feats, _), state, grad) in enumerate(zip(chunks, states, grads)):
