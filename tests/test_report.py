@@ -44,7 +44,7 @@ def test_report_table_deltas_and_failed_job(sweep):
 
     root, deltas = sweep
     cfg = OmegaConf.create({"sweep": str(root), "runs": None, "out": None, "alpha": 0.05, "n_boot": 2000,
-                            "realign": False, "wandb": False})
+                            "realign": False, "wandb": False, "hrsa": False})
     report = make_report(cfg)
     d = next(x for x in report["table"]["deltas"] if x["backbone"] == "rl")
     assert d["n"] == 6
@@ -81,3 +81,30 @@ def test_sign_flip_p_value_is_super_uniform_under_the_null():
     rng = np.random.default_rng(0)
     ps = [sign_flip_p_value(rng.normal(size=8)) for _ in range(300)]
     assert np.mean(np.array(ps) <= 0.1) <= 0.13
+
+
+def test_report_hrsa_summary_of_the_backbones(micro_backbone, corpus_dir, tmp_path):
+    """Each reasoning/SFT backbone is compared with its base at the last layer; the same weights give
+    CKA and k-NN overlap of exactly 1, and a base missing from the runs is said, not skipped silently."""
+    from reasoning_embed.report.__main__ import make_report
+
+    root = tmp_path / "sweep"
+    for name, backbone, base in (("b1", "base", "base"), ("r1", "rl", "base"), ("s1", "sft", "absent_base")):
+        d = _run(root, name, backbone, base, 1, {"T1": 50.0})
+        cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+        cfg.backbone.path, cfg.backbone.tiny = str(micro_backbone), None
+        OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
+    cfg = OmegaConf.create({"sweep": str(root), "runs": None, "out": None, "alpha": 0.05, "n_boot": 200,
+                            "realign": False, "wandb": False, "hrsa": True,
+                            "hrsa_overrides": [f"corpus_dir={corpus_dir}", "n_texts=40", "max_length=32",
+                                               "stats.n_boot=20", "stats.n_perm=20", "figures=false"]})
+    report = make_report(cfg)
+    by_name = {r["backbone"]: r for r in report["backbone_hrsa"]}
+    assert set(by_name) == {"rl", "sft"}
+    rl = by_name["rl"]
+    assert rl["cka"] == pytest.approx(1.0, abs=1e-6) and rl["knn10"] == pytest.approx(1.0)
+    assert rl["procrustes_cosine_test"] == pytest.approx(1.0, abs=1e-4)
+    assert (root / "report" / "hrsa" / "base__vs__rl" / "hrsa.json").is_file()
+    assert "absent_base" in by_name["sft"]["note"]
+    md = (root / "report" / "table.md").read_text()
+    assert "HRSA at the last layer" in md and "| rl | base | 1.000" in md

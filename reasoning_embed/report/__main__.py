@@ -5,8 +5,8 @@ metrics is listed as failed) and writes ``<out>/table.md``, ``table.csv`` and ``
 finetune mode the mean +- std over seeds of every score (held-out validation from training, and every
 evaluated benchmark: Mean(Task), Mean(Type), per task type); for each reasoning/SFT backbone the delta
 against its base, paired over (seed, task), with a paired bootstrap CI, Wilcoxon and sign-flip permutation
-p-values and a verdict at ``alpha``. Then the realignment curves of each pair and, with ``hrsa=true``, the
-HRSA summary of the backbones themselves.
+p-values and a verdict at ``alpha``. Then the realignment curves of each pair and (``hrsa=true``, the default)
+the HRSA summary of the backbones themselves: each reasoning/SFT backbone against its base at the last layer.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def build_table(runs: list[dict], alpha: float = 0.05, n_boot: int = 10000) -> d
     return {"columns": columns, "rows": rows, "deltas": deltas, "alpha": alpha}
 
 
-def render_markdown(table: dict, failed: list[dict]) -> str:
+def render_markdown(table: dict, failed: list[dict], backbone_hrsa_results: list[dict] | None = None) -> str:
     cols = table["columns"]
     lines = ["# Study report", "", "## Scores (x100), mean ± std over seeds", "",
              "| backbone | finetune | seeds | " + " | ".join(cols) + " |",
@@ -166,7 +166,7 @@ def render_markdown(table: dict, failed: list[dict]) -> str:
                      f"{d['p_permutation']:.3g} | {d['verdict']} |")
     lines += ["", "## Failed jobs", ""]
     lines += [f"- `{f['dir']}` ({f['backbone']}, {f['finetune']}, seed {f['seed']}): {f['reason']}" for f in failed] or ["none"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + render_hrsa_markdown(backbone_hrsa_results or [])
 
 
 def render_csv(table: dict) -> str:
@@ -204,10 +204,126 @@ def make_report(cfg) -> dict:
     report = {"table": table, "failed": failed, "runs": [r["dir"] for r in runs]}
     if cfg.get("realign", True) and cfg.get("sweep"):
         report["realignment"] = _realignment(Path(cfg.sweep), out)
+    if cfg.get("hrsa", True):
+        report["backbone_hrsa"] = backbone_hrsa(run_dirs(cfg), out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
+        atomic_write_text(out / "table.md", render_markdown(table, failed, report["backbone_hrsa"]))
     atomic_write_json(out / "report.json", report)
     _log_wandb(table, out, cfg)
     log.info("report written to %s (%d runs, %d failed)", out, len(runs), len(failed))
     return report
+
+
+def _backbone_specs(dirs: list[Path]) -> dict[str, dict]:
+    """Each backbone of the sweep as its runs resolved it (first run wins), by name."""
+    specs = {}
+    for run in dirs:
+        cfg_path = run / ".hydra" / "config.yaml"
+        try:
+            spec = OmegaConf.to_container(OmegaConf.load(cfg_path).backbone, resolve=True)
+        except Exception as e:  # noqa: BLE001 - an unresolvable config is reported, not fatal
+            log.warning("%s: backbone config not readable for the HRSA summary: %s", cfg_path, e)
+            continue
+        specs.setdefault(str(spec.get("name")), spec)
+    return specs
+
+
+def backbone_hrsa(dirs: list[Path], out: Path, overrides: list[str] | None = None) -> list[dict]:
+    """HRSA of the backbones themselves, each reasoning/SFT backbone against its base (both read causally,
+    as pre-trained), at the last layer: CKA (biased, debiased, with bootstrap CI and permutation p), k-NN
+    Jaccard (k=10), held-out Procrustes and cross-model probe transfer. Full output in
+    ``<out>/hrsa/<base>__vs__<backbone>/hrsa.json``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from reasoning_embed.errors import ReasoningEmbedError
+    from reasoning_embed.hrsa.pipeline import run_hrsa
+
+    specs = _backbone_specs(dirs)
+    results = []
+    for name, spec in sorted(specs.items()):
+        base = str(spec.get("base"))
+        if base in ("None", name):
+            continue
+        entry = {"backbone": name, "base": base}
+        if base not in specs:
+            results.append({**entry, "note": f"base backbone {base!r} is not in these runs"})
+            continue
+        d = out / "hrsa" / f"{base}__vs__{name}"
+        args = [f"paths.output_dir={d}", "layers=[-1]", "progress=false", "dimcorr.pairs=diagonal",
+                "stats.n_boot=100", "stats.n_perm=100", *(overrides or [])]
+        if GlobalHydra.instance().is_initialized():
+            hcfg = compose(config_name="hrsa", overrides=args)
+        else:
+            conf = Path(__file__).resolve().parents[2] / "conf"
+            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                hcfg = compose(config_name="hrsa", overrides=args)
+        with open_dict(hcfg):
+            hcfg.model_a = {**specs[base], "attention": "causal"}
+            hcfg.model_b = {**spec, "attention": "causal"}
+        try:
+            rep = run_hrsa(hcfg)
+        except (ReasoningEmbedError, OSError, ValueError) as e:
+            log.warning("backbone HRSA %s vs %s failed: %s", base, name, e)
+            results.append({**entry, "note": f"HRSA failed: {e}"})
+            continue
+        results.append({**entry, **summarize_hrsa(rep), "hrsa_json": str(d / "hrsa.json")})
+    return results
+
+
+def summarize_hrsa(rep: dict) -> dict:
+    """The last-layer headline numbers of one hrsa.json."""
+    out: dict = {"n_texts": rep.get("n_texts"), "n_tokens": rep.get("n_tokens"), "level": rep.get("level")}
+    out["cka"] = rep["cka"]["diagonal_biased"][-1]
+    out["cka_debiased"] = (rep["cka"].get("diagonal_debiased") or [None])[-1]
+    stats = (rep.get("stats") or {}).get("per_layer") or []
+    if stats:
+        c = stats[-1].get("cka", {}).get("biased", {})
+        out["cka_ci"] = [c.get("low"), c.get("high")]
+        out["cka_p"] = c.get("p_value")
+    knn = (rep.get("knn") or {}).get("per_layer") or []
+    if knn and "jaccard" in knn[-1]:
+        out["knn10"] = knn[-1]["jaccard"].get("10")
+        out["knn10_chance"] = knn[-1]["chance_jaccard"].get("10")
+    proc = (rep.get("procrustes") or {}).get("per_layer") or []
+    if proc and "cosine_test" in proc[-1]:
+        out["procrustes_cosine_test"] = proc[-1]["cosine_test"]
+        out["procrustes_rvr_test"] = proc[-1]["rvr_test"]
+    probe = rep.get("probe") or {}
+    if "skipped" in probe:
+        out["probe"] = {"skipped": probe["skipped"]}
+    elif probe:
+        out["probe"] = {k: probe.get(k) for k in ("native", "raw_transfer", "aligned_transfer", "b_own", "chance")}
+    return out
+
+
+def _fmt(x, spec=".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def render_hrsa_markdown(results: list[dict]) -> str:
+    if not results:
+        return ""
+    lines = ["", "## The backbones themselves: HRSA at the last layer (base vs reasoning / SFT, causal reading)", "",
+             "| backbone | base | CKA (95% CI) | CKA p (perm.) | debiased CKA | k-NN@10 Jaccard (chance) "
+             "| Procrustes held-out cos | probe native / raw / aligned / B own / chance |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "note" in r:
+            lines.append(f"| {r['backbone']} | {r['base']} | {r['note']} | | | | | |")
+            continue
+        ci = r.get("cka_ci") or [None, None]
+        pr = r.get("probe") or {}
+        probe = (pr["skipped"] if "skipped" in pr else
+                 " / ".join(_fmt(pr.get(k), ".2f") for k in ("native", "raw_transfer", "aligned_transfer", "b_own",
+                                                             "chance")))
+        lines.append(f"| {r['backbone']} | {r['base']} | {_fmt(r['cka'])} ({_fmt(ci[0])}, {_fmt(ci[1])}) "
+                     f"| {_fmt(r.get('cka_p'), '.3g')} | {_fmt(r.get('cka_debiased'))} "
+                     f"| {_fmt(r.get('knn10'))} ({_fmt(r.get('knn10_chance'))}) "
+                     f"| {_fmt(r.get('procrustes_cosine_test'))} | {probe} |")
+    lines.append("")
+    lines.append("Full per-layer results: `hrsa/<base>__vs__<backbone>/hrsa.json`.")
+    return "\n".join(lines) + "\n"
 
 
 def _realignment(sweep: Path, out: Path) -> list[dict]:
