@@ -208,7 +208,7 @@ def make_report(cfg) -> dict:
         report["backbone_hrsa"] = backbone_hrsa(run_dirs(cfg), out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
         atomic_write_text(out / "table.md", render_markdown(table, failed, report["backbone_hrsa"]))
     atomic_write_json(out / "report.json", report)
-    _log_wandb(table, out, cfg)
+    _log_wandb(table, out, cfg, report.get("backbone_hrsa") or [])
     log.info("report written to %s (%d runs, %d failed)", out, len(runs), len(failed))
     return report
 
@@ -360,7 +360,7 @@ def _realignment(sweep: Path, out: Path) -> list[dict]:
     return results
 
 
-def _log_wandb(table: dict, out: Path, cfg) -> None:
+def _log_wandb(table: dict, out: Path, cfg, backbone_hrsa_results: list[dict]) -> None:
     import os
 
     if os.environ.get("WANDB_MODE") == "disabled" or not cfg.get("wandb", True):
@@ -376,6 +376,10 @@ def _log_wandb(table: dict, out: Path, cfg) -> None:
              "p_permutation", "verdict"]
     run.log({"report/deltas": wandb.Table(columns=dcols, data=[[d.get(c) for c in dcols] for d in table["deltas"]
                                                                if "note" not in d])})
+    hcols = ["backbone", "base", "cka", "cka_debiased", "cka_p", "knn10", "knn10_chance", "procrustes_cosine_test"]
+    hrows = [[r.get(c) for c in hcols] + [json.dumps(r.get("probe")), r.get("note")] for r in backbone_hrsa_results]
+    if hrows:
+        run.log({"report/backbone_hrsa": wandb.Table(columns=hcols + ["probe", "note"], data=hrows)})
     if (out / "realignment.png").exists():
         run.log({"report/realignment": wandb.Image(str(out / "realignment.png"))})
     run.finish()
