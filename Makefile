@@ -11,9 +11,18 @@ ARGS ?=
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
+# uv installs in seconds (pip takes minutes here); it is bootstrapped into the venv with pip and given pip's
+# configured indexes (tools/pip_index_args.py). If uv cannot be had, pip does the install. PIP_ONLY=1 forces pip.
+REQS := -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[dev]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	@if [ -z "$(PIP_ONLY)" ] && $(VENV)/bin/pip install -q --disable-pip-version-check uv >/dev/null 2>&1; then \
+		echo "installing with uv into $(VENV)"; \
+		$(VENV)/bin/uv pip install -q --python $(PY) $$($(PY) tools/pip_index_args.py $(VENV)/bin/pip) $(REQS) \
+		|| { echo "uv failed; installing with pip"; $(VENV)/bin/pip install -q --disable-pip-version-check $(REQS); }; \
+	else \
+		$(VENV)/bin/pip install -q --disable-pip-version-check $(REQS); \
+	fi
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package (+ dev tools)

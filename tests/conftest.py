@@ -84,6 +84,7 @@ def train_cfg(micro_backbone, corpus_dir, tmp_path):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.data_dir = str(corpus_dir.parent)
             cfg.data.offline_corpus = str(corpus_dir)
+            cfg.data.mine_reference = None  # the raw corpus: mining with MiniLM is tested on its own
             cfg.data.train = str(corpus_dir / "train")
             cfg.data.val = str(corpus_dir / "val")
             cfg.encoder.corpus_dir = str(corpus_dir)

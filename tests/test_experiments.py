@@ -25,6 +25,8 @@ def test_experiment_config_composes(name, monkeypatch):
     if name in ("paper_qwen25", "paper_qwen3", "lora_vs_full"):
         assert len(str(params["seed"]).split(",")) == 3
         assert "bright" in list(cfg.eval.benchmark)
+    if name in ("offline_default", "tiny_pairs"):  # make train / make study-tiny train on the mined corpus
+        assert cfg.data.mine_reference == "minilm" and cfg.data.train.endswith("stdlib_mined/train")
     if name == "tiny_pairs":
         assert str(params["backbone"]) == "tiny_base,tiny_rlvr,tiny_sft" and str(params["finetune"]) == "full,lora"
 
@@ -35,7 +37,7 @@ def test_two_job_multirun_and_report(micro_backbone, corpus_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "reasoning_embed.train", "-m", "debug=fast", "logger=csv", "seed=1,2",
          f"hydra.sweep.dir={sweep}", f"backbone.path={micro_backbone}", "backbone.tiny=null",
-         f"data.offline_corpus={corpus_dir}", f"data.train={corpus_dir}/train", f"data.val={corpus_dir}/val",
+         f"data.offline_corpus={corpus_dir}", "data.mine_reference=null", f"data.train={corpus_dir}/train", f"data.val={corpus_dir}/val",
          f"encoder.corpus_dir={corpus_dir}", "callbacks.progress=null", "export=false"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -42,6 +42,7 @@ def trained_run(tmp_path_factory, micro_backbone, corpus_dir):
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
         cfg.data.offline_corpus = str(corpus_dir)
+        cfg.data.mine_reference = None
         cfg.data.train, cfg.data.val = str(corpus_dir / "train"), str(corpus_dir / "val")
         cfg.data.val_max_queries = 8
         cfg.encoder.corpus_dir = str(corpus_dir)

@@ -82,3 +82,19 @@ def test_minilm_mines_through_sentence_transformers(tmp_path):
         for n in o["neg"]:
             assert float(emb[n] @ q) <= 0.95 * pos + 1e-5
             assert normalise_text(n) not in {normalise_text(p) for p in r["pos"]}
+
+
+def test_datamodule_trains_on_the_mined_corpus(small_corpus, micro_backbone, tmp_path):
+    """What `make train` does: prepare_data mines the offline corpus once, setup reads the mined rows."""
+    from reasoning_embed.data.datamodule import ContrastiveDataModule
+
+    mined = tmp_path / "stdlib_mined"
+    dm = ContrastiveDataModule(train=str(mined / "train"), val=str(mined / "val"), batch_size=4,
+                               offline_corpus=str(small_corpus), mine_reference=str(micro_backbone),
+                               mine_max_length=32)
+    dm.prepare_data()
+    manifest = json.loads((mined / "manifest.json").read_text())
+    assert manifest["stamp"]["reference"] == str(micro_backbone) and manifest["stamp"]["max_length"] == 32
+    rows = [json.loads(x) for x in (mined / "train" / "code.jsonl").read_text().splitlines()]
+    src = {json.loads(x)["id"]: json.loads(x) for x in (small_corpus / "train" / "code.jsonl").read_text().splitlines()}
+    assert any(r["neg"] != src[r["id"]]["neg"] for r in rows)  # the negatives are the mined ones

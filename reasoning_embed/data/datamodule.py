@@ -25,7 +25,8 @@ class ContrastiveDataModule(L.LightningDataModule):
     def __init__(self, train: str, val: str | None = None, batch_size: int = 32, num_negatives: int = 3,
                  no_negative_policy: str = "drop", bad_rows: str = "error", val_max_queries: int | None = 500,
                  num_workers: int = 0, seed: int = 0, offline_corpus: str | None = None,
-                 mine_reference: str | None = None, report_dir: str | None = None):
+                 mine_reference: str | None = None, mine_max_length: int | None = 256,
+                 report_dir: str | None = None):
         super().__init__()
         self.train_path, self.val_path = train, val
         self.batch_size, self.num_negatives = batch_size, num_negatives
@@ -33,6 +34,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.val_max_queries, self.num_workers, self.seed = val_max_queries, num_workers, seed
         self.offline_corpus, self.report_dir = offline_corpus, report_dir
         self.mine_reference = mine_reference  # mine the offline corpus's negatives with this model first
+        self.mine_max_length = mine_max_length
         self.tokenizer = None  # TextTokenizer, set by the training entry point
         self.dataset = self.sampler = None
         self.val_sets = []
@@ -46,7 +48,8 @@ class ContrastiveDataModule(L.LightningDataModule):
             if self.mine_reference:
                 from reasoning_embed.mining.offline import mine_offline_corpus
 
-                mine_offline_corpus(self.offline_corpus, reference=self.mine_reference)  # cached after the first build
+                # cached after the first build (keyed on the corpus, the reference and the settings)
+                mine_offline_corpus(self.offline_corpus, reference=self.mine_reference, max_length=self.mine_max_length)
 
     def _read(self, path):
         rows, report = read_jsonl(path, self.bad_rows)
