@@ -30,6 +30,16 @@ def quiet_environment() -> None:
         pass
 
 
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - outside Hydra
+        return False
+
+
 def user_errors_exit(fn):
     """Print a ReasoningEmbedError as one line and exit 2, instead of a long traceback."""
     from reasoning_embed.errors import ReasoningEmbedError
@@ -46,6 +56,8 @@ def user_errors_exit(fn):
                 raise
             print(f"error: {cause}", file=sys.stderr)
             log.error("%s", cause)
+            if _in_multirun():
+                raise  # Hydra records the failed job and runs the others; SystemExit would end the sweep
             sys.exit(2)
 
     return wrapper
