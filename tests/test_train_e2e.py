@@ -35,6 +35,8 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
     assert offline_runs, "W&B offline run missing"
     history = list(offline_runs[0].glob("*.wandb"))
     assert history and history[0].stat().st_size > 0
+    records = history[0].read_bytes()  # W&B's offline record log holds the history keys as plain strings
+    assert b"hrsa/cka_vs_init" in records and b"hrsa/knn10_vs_init" in records and b"train/loss" in records
 
     from sentence_transformers import SentenceTransformer
 
