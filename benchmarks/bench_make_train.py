@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_make_train.py [--keep-venv]
 
-Clones this repository to a temporary directory and runs `make train` there (pip's cache makes it a "warm
+Clones this repository to a temporary directory and runs `make train` there (the package caches make it a "warm
 package cache" run). With --keep-venv the current .venv is copied in first, timing the run alone.
 Target: under 5 minutes on 2 CPU cores, and trained nDCG@10 clearly above the untrained model's.
 """
