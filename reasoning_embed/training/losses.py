@@ -43,20 +43,16 @@ def info_nce_with_grad(q: torch.Tensor, p: torch.Tensor, group_size: int, temper
     p_leaf = p.detach().float().requires_grad_()
     p_grad = torch.zeros_like(p_leaf)
     total = torch.zeros((), dtype=torch.float32, device=q.device)
-    sums = {"acc": 0.0, "pos_sim": 0.0, "hardest_neg_sim": 0.0}
+    sums: dict = {}
     for start in range(0, n, chunk_size):
         qc = q[start:start + chunk_size].detach().float().requires_grad_()
-        labels = label_offset + torch.arange(start, start + qc.shape[0], device=q.device) * group_size
-        scores = qc @ p_leaf.T
-        loss = F.cross_entropy(scores / temperature, labels, reduction="sum") / n
+        m = qc.shape[0]
+        loss, stats = info_nce(qc, p_leaf, group_size, temperature, label_offset + start * group_size)
+        loss = loss * (m / n)  # this chunk's share of the mean over all queries
         gq, gp = torch.autograd.grad(loss, [qc, p_leaf])
-        q_grad[start:start + qc.shape[0]] = gq
+        q_grad[start:start + m] = gq
         p_grad += gp
         total += loss.detach()
-        with torch.no_grad():
-            scores = scores.detach()
-            sums["acc"] += (scores.argmax(dim=1) == labels).float().sum()
-            sums["pos_sim"] += scores.gather(1, labels[:, None]).sum()
-            sums["hardest_neg_sim"] += scores.scatter(1, labels[:, None], float("-inf")).max(dim=1).values.sum()
-    stats = {k: v / n for k, v in sums.items()}
-    return total, stats, q_grad.to(q.dtype), p_grad.to(p.dtype)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v * m
+    return total, {k: v / n for k, v in sums.items()}, q_grad.to(q.dtype), p_grad.to(p.dtype)
