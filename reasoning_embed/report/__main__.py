@@ -195,18 +195,18 @@ def make_report(cfg) -> dict:
     if not cfg.get("sweep") and not cfg.get("runs"):
         raise ReasoningEmbedError("give sweep=DIR (a multirun directory) or runs=[DIR,...]")
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.sweep or ".") / "report"
-    runs, failed = collect_runs(run_dirs(cfg))
+    dirs = run_dirs(cfg)
+    runs, failed = collect_runs(dirs)
     if not runs and not failed:
         raise ReasoningEmbedError(f"no run directories (with .hydra/config.yaml) under {cfg.get('sweep') or cfg.runs}")
     table = build_table(runs, cfg.alpha, cfg.n_boot)
-    atomic_write_text(out / "table.md", render_markdown(table, failed))
-    atomic_write_text(out / "table.csv", render_csv(table))
     report = {"table": table, "failed": failed, "runs": [r["dir"] for r in runs]}
     if cfg.get("realign", True) and cfg.get("sweep"):
         report["realignment"] = _realignment(Path(cfg.sweep), out)
     if cfg.get("hrsa", True):
-        report["backbone_hrsa"] = backbone_hrsa(run_dirs(cfg), out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
-        atomic_write_text(out / "table.md", render_markdown(table, failed, report["backbone_hrsa"]))
+        report["backbone_hrsa"] = backbone_hrsa(dirs, out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
+    atomic_write_text(out / "table.md", render_markdown(table, failed, report.get("backbone_hrsa")))
+    atomic_write_text(out / "table.csv", render_csv(table))
     atomic_write_json(out / "report.json", report)
     _log_wandb(table, out, cfg, report.get("backbone_hrsa") or [])
     log.info("report written to %s (%d runs, %d failed)", out, len(runs), len(failed))
