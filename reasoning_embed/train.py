@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from reasoning_embed.utils.hydra_utils import instantiate_dict, quiet_environment, user_errors_exit
+from reasoning_embed.utils.hydra_utils import in_multirun, instantiate_dict, quiet_environment, user_errors_exit
 
 log = logging.getLogger("reasoning_embed.train")
 
@@ -58,6 +58,7 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
+    from reasoning_embed.training.hrsa_callback import HRSACallback
     from reasoning_embed.utils.io import atomic_write_json
 
     output_dir = Path(cfg.paths.output_dir)
@@ -100,8 +101,7 @@ def train(cfg: DictConfig) -> dict:
         "steps": int(trainer.global_step),
         "tokens_per_s": module.throughput(),
         "train_seconds": train_seconds,
-        "hrsa_callback_seconds": sum(getattr(cb, "seconds", 0.0) for cb in trainer.callbacks
-                                     if type(cb).__name__ == "HRSACallback"),
+        "hrsa_callback_seconds": sum(cb.seconds for cb in trainer.callbacks if isinstance(cb, HRSACallback)),
         "final_loss": module.last_loss,
         "initial_val": initial,
         "final_val": final,
@@ -126,11 +126,9 @@ def _sweep_context() -> None:
     import os
 
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        os.environ.setdefault("WANDB_RUN_GROUP", Path(hc.sweep.dir).name)
+    if in_multirun():
+        os.environ.setdefault("WANDB_RUN_GROUP", Path(HydraConfig.get().sweep.dir).name)
 
 
 def _record_failure(cfg: DictConfig, error: BaseException) -> None:

@@ -30,7 +30,8 @@ def quiet_environment() -> None:
         pass
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -56,7 +57,7 @@ def user_errors_exit(fn):
                 raise
             print(f"error: {cause}", file=sys.stderr)
             log.error("%s", cause)
-            if _in_multirun():
+            if in_multirun():
                 raise  # Hydra records the failed job and runs the others; SystemExit would end the sweep
             sys.exit(2)
 
