@@ -28,39 +28,14 @@ Measured here (random-init tiny export, so the scores are low; all queries, 1 th
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common  # offline environment, repository on sys.path, the shared tiny export
+import torch
 
-import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_export(workdir: Path, corpus_dir: Path, max_len: int) -> Path:
-    """Build (once) the tiny backbone and its export (the same one bench_eval_throughput.py uses)."""
-    from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
-    from reasoning_embed.models.encoder import build_encoder
-    from reasoning_embed.models.export import export_encoder
-    from reasoning_embed.models.tiny import build_tiny_backbone
-
-    build_stdlib_corpus(corpus_dir)
-    export = workdir / f"tiny_export_L{max_len}"
-    if not (export / "modules.json").exists():
-        backbone = workdir / "tiny_backbone"
-        if not (backbone / "config.json").exists():
-            build_tiny_backbone(backbone, corpus_dir, seed=0)
-        enc = build_encoder({"path": str(backbone), "name": "tiny"}, max_query_length=max_len,
-                            max_passage_length=max_len)
-        export_encoder(enc, export)
-    return export
+ROOT = _common.ROOT
 
 
 def main() -> None:
@@ -78,7 +53,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r"(?s).*(model prompts|Model prompts|prompts most often)")
     logging.getLogger("mteb").setLevel(logging.ERROR)
     corpus_dir = ROOT / "outputs" / "data" / "stdlib"
-    export = tiny_export(Path(args.workdir), corpus_dir, args.max_len)
+    export = _common.tiny_export(Path(args.workdir), corpus_dir, args.max_len)
 
     import mteb
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
