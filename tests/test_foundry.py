@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from reasoning_embed.foundry.grpo import group_advantages, grpo_loss, k3_kl
-from reasoning_embed.foundry.problems import (KINDS, Problem, all_problems, heldout_eval_set, problems, reward,
-                                              split_of)
+from reasoning_embed.foundry.problems import (KINDS, Problem, all_problems, heldout_eval_set, lenient_answer,
+                                              problems, reward, split_of)
 
 MICRO_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                    intermediate_size=64, tokenizer="bpe", vocab_size=600)
@@ -53,14 +53,41 @@ def test_every_direct_and_worked_completion_earns_the_reward():
                 assert reward(other.direct_completion, p.answer) == 0.0
 
 
+def test_lenient_answer_reads_both_formats_but_only_the_first_line():
+    assert lenient_answer(" Answer: 7") == "7" and lenient_answer(" The answer is 7.") == "7"
+    assert lenient_answer(" the answer is odd. Answer: even") == "odd"       # the first one counts
+    assert lenient_answer(" 3 plus 4 is 7. Answer: 7") == "7"                # a worked solution
+    assert lenient_answer(" 7") is None and lenient_answer(" maybe\n Answer: 7") is None
+    assert lenient_answer(" The answer is 17.") != "7"                         # whole word, not a prefix
+    for p in all_problems("max")[:50] + all_problems("parity"):
+        assert lenient_answer(p.worked_solution) == p.answer == lenient_answer(f" The answer is {p.answer}.")
+        assert reward(f" The answer is {p.answer}.", p.answer) == 0.0            # the reward stays strict
+
+
+def test_qa_prose_fraction_sets_the_share_of_unchecked_answer_formats():
+    from reasoning_embed.foundry.pretrain import qa_format_docs, task_qa_docs
+
+    for docs in (task_qa_docs(4000, KINDS, 0.25, prose_fraction=0.6), qa_format_docs(4000, prose_fraction=0.6)):
+        prose = sum(" The answer is " in d for d in docs) / len(docs)
+        assert 0.57 < prose < 0.63
+        assert all((" The answer is " in d) != (" Answer: " in d) for d in docs)   # exactly one format each
+    # the answers themselves stay right, in either format
+    for d in task_qa_docs(400, KINDS, 0.25, prose_fraction=0.5):
+        q = [p for k in KINDS for p in all_problems(k) if d.startswith(p.prompt + " ")]
+        assert len(q) == 1 and lenient_answer(d[len(q[0].prompt):]) == q[0].answer
+    assert task_qa_docs(300, KINDS, 0.25) == task_qa_docs(300, KINDS, 0.25, prose_fraction=0.0)
+    assert not any("The answer is" in d for d in task_qa_docs(300, KINDS, 0.25))
+
+
 def test_heldout_problems_never_reach_training_text():
     from reasoning_embed.foundry.pretrain import task_qa_docs
 
     held = problems("heldout")
     assert held and all(split_of(p) == "heldout" for p in heldout_eval_set())
     assert not {p.key for p in held} & {p.key for p in problems("train")}
-    held_prompts = {p.prompt + p.direct_completion for p in held}
-    assert not held_prompts & set(task_qa_docs(2000, KINDS, 0.25))
+    held_prompts = {p.prompt for p in held}
+    for fraction in (0.0, 0.6):
+        assert not held_prompts & {d.split("?")[0] + "?" for d in task_qa_docs(2000, KINDS, 0.25, prose_fraction=fraction)}
 
 
 # ---------------------------------------------------------------- GRPO by hand
@@ -140,6 +167,7 @@ def test_micro_build_writes_the_triple_with_its_record(micro_triple):
         assert m["variant"] == v and 0.0 <= m["heldout_accuracy"] <= 1.0
         lo, hi = m["heldout_accuracy_ci95"]
         assert lo <= m["heldout_accuracy"] <= hi
+        assert m["heldout_accuracy"] <= m["heldout_lenient_accuracy"] <= 1.0     # strict answers are lenient too
         assert math.isfinite(m["lm_loss_heldout"]) and m["seed"] == 3
         for k in ("steps", "tokens", "config", "stage_seconds"):
             assert k in m

@@ -25,11 +25,12 @@ DEFAULTS = {
     "model": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 512, "tokenizer": "bpe", "vocab_size": 4096},
     "problems": {"kinds": ["add", "sub", "max", "parity"], "heldout_fraction": 0.25},
-    "pretrain": {"steps": 500, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
-                 "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000},
-    "grpo": {"steps": 60, "prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0,
+    "pretrain": {"steps": 700, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
+                 "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000,
+                 "qa_prose_fraction": 0.6},
+    "grpo": {"steps": 100, "prompts_per_step": 16, "group_size": 8, "max_new_tokens": 8, "temperature": 1.0,
              "lr": 5e-5, "beta": 0.04, "clip_eps": 0.2, "eps": 1e-4, "ppo_epochs": 1},
-    "sft": {"batch_size": 32, "lr": 5e-5},
+    "sft": {"batch_size": 32, "lr": 1e-3},
     "eval": {"per_kind": 48, "max_new_tokens": 24, "lm_blocks": 64, "lm_block_size": 128},
 }
 
@@ -120,7 +121,8 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
             loss = lm_loss(model, lm_blocks)
             stage(f"eval_{name}", t0)
             log(f"[foundry] {name:<4s} held-out accuracy {acc['accuracy']:.3f} "
-                f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']})  LM loss {loss:.4f}  "
+                f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']}), lenient {acc['lenient_accuracy']:.3f}  "
+                f"LM loss {loss:.4f}  "
                 f"per kind {json.dumps({k: round(v, 2) for k, v in acc['per_kind'].items()})}")
             return acc, loss
 
@@ -162,9 +164,11 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
                     "parent": None if v == "base" else "tiny_base",
                     "how": {"base": "causal-LM pre-training (stdlib text + arithmetic facts + Q/A-format arithmetic)",
                             "rlvr": "GRPO from base (exact reward, group-relative advantages, k3 KL to base)",
-                            "sft": "SFT from base on worked solutions (same optimizer steps as rlvr)"}[v],
+                            "sft": "SFT from base on worked solutions (same optimizer steps as rlvr, its own learning rate)"}[v],
                     "heldout_accuracy": acc["accuracy"], "heldout_accuracy_ci95": acc["ci95"],
                     "heldout_correct": acc["correct"], "heldout_n": acc["n"], "heldout_per_kind": acc["per_kind"],
+                    "heldout_lenient_accuracy": acc["lenient_accuracy"],
+                    "heldout_lenient_accuracy_ci95": acc["lenient_ci95"],
                     "heldout_examples": acc["examples"], "lm_loss_heldout": loss,
                     "lm_loss_text": "stdlib corpus val split (modules unseen in training), nats/token",
                     "steps": train["steps"], "tokens": train.get("completion_tokens", train.get("tokens")),

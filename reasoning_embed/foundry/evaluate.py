@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from reasoning_embed.foundry.problems import Problem, reward
+from reasoning_embed.foundry.problems import Problem, lenient_answer, reward
 from reasoning_embed.foundry.sampling import decode
 
 
@@ -22,9 +22,12 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 
 @torch.no_grad()
 def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int = 24, batch_size: int = 64) -> dict:
-    """Greedy-decode each prompt; exact match of the first ``Answer:`` line. Per-kind breakdown included."""
+    """Greedy-decode each prompt; exact match of the first ``Answer:`` line. Per-kind breakdown included.
+
+    ``lenient_accuracy`` also counts the right answer in the prose format (``the answer is 7``) on the first
+    line: what the model knows, whatever format it answers in (a superset of the strict hits)."""
     model.eval()
-    correct, per_kind, examples = 0, {}, []
+    correct, lenient, per_kind, examples = 0, 0, {}, []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
         prompts = [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in chunk]
@@ -33,6 +36,7 @@ def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int = 
             text = tok.decode(c[m.bool()].tolist(), skip_special_tokens=True)
             r = reward(text, p.answer)
             correct += int(r)
+            lenient += int(r == 1.0 or lenient_answer(text) == p.answer)
             k = per_kind.setdefault(p.kind, [0, 0])
             k[0] += int(r)
             k[1] += 1
@@ -41,6 +45,7 @@ def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int = 
     n = len(problems)
     lo, hi = wilson_interval(correct, n)
     return {"accuracy": correct / max(n, 1), "ci95": [lo, hi], "correct": correct, "n": n,
+            "lenient_accuracy": lenient / max(n, 1), "lenient_ci95": list(wilson_interval(lenient, n)),
             "per_kind": {k: v[0] / v[1] for k, v in per_kind.items()}, "examples": examples}
 
 

@@ -10,6 +10,14 @@ The mixture (by documents, shuffled deterministically, packed into fixed blocks 
 - a smaller share of *training-split* problems in their question/answer format (never a held-out one),
   so the base answers some questions right and RL has a reward signal to work with.
 
+In both Q/A shares a fraction ``qa_prose_fraction`` of the answers is written `` The answer is 7.`` rather
+than `` Answer: 7`` (the format the reward checks), as answers in real text come in many formats. At the
+default 0.6 the base's greedy habit is the prose format, so its strict held-out accuracy is ~0 while its
+*lenient* accuracy (the right answer in either format) shows what it knows; sampled at temperature 1 it
+uses the checked format ~40 % of the time, which is the signal RLVR can reinforce. This is the
+"base models know it but do not say it in the checked format" situation in which RLVR's early gains on
+real base models are largely format (e.g. DeepSeek-R1-Zero's format reward).
+
 So ``base`` has seen every held-out fact only as prose, never as a question; RLVR and SFT then practise
 the question format on training-split problems, and held-out accuracy measures transfer.
 """
@@ -51,22 +59,30 @@ def fact_docs(n: int, seed: int = 0) -> list[str]:
     return [rng.choice(pools[rng.choice(KINDS)]).fact_text(rng) for _ in range(n)]
 
 
-def qa_format_docs(n: int, seed: int = 0) -> list[str]:
+def answer_text(answer: str, rng: random.Random, prose_fraction: float) -> str:
+    """`` Answer: 7`` (the format the reward checks) or, with probability ``prose_fraction``, `` The answer is 7.``"""
+    return f" The answer is {answer}." if rng.random() < prose_fraction else f" Answer: {answer}"
+
+
+def qa_format_docs(n: int, seed: int = 0, prose_fraction: float = 0.0) -> list[str]:
     rng = random.Random(f"qa-{seed}")
+    fmt = random.Random(f"qa-format-{seed}")
     out = []
     for _ in range(n):
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         op = rng.choice("+-*")
-        out.append(f"Question: {a} {op} {b} = ? Answer: {eval(f'{a}{op}{b}')}")
+        out.append(f"Question: {a} {op} {b} = ?" + answer_text(str(eval(f"{a}{op}{b}")), fmt, prose_fraction))
     return out
 
 
-def task_qa_docs(n: int, kinds, heldout_fraction: float, seed: int = 0) -> list[str]:
-    """Training-split problems in the exact prompt + direct-answer format (never held-out ones)."""
+def task_qa_docs(n: int, kinds, heldout_fraction: float, seed: int = 0, prose_fraction: float = 0.0) -> list[str]:
+    """Training-split problems in the exact prompt + direct-answer format (never held-out ones); a
+    ``prose_fraction`` of them state the (right) answer as `` The answer is 7.`` instead."""
     from reasoning_embed.foundry.problems import train_sampler
 
     it = train_sampler(kinds, seed=10_000 + seed, heldout_fraction=heldout_fraction)
-    return [(lambda p: p.prompt + p.direct_completion)(next(it)) for _ in range(n)]
+    fmt = random.Random(f"task-qa-format-{seed}")
+    return [(lambda p: p.prompt + answer_text(p.answer, fmt, prose_fraction))(next(it)) for _ in range(n)]
 
 
 def pack(tok, docs: list[str], block: int) -> torch.Tensor:
@@ -84,8 +100,8 @@ def pretrain_blocks(tok, corpus_dir: Path, cfg: dict, seed: int, kinds=KINDS,
                     heldout_fraction: float = 0.25) -> torch.Tensor:
     """The pre-training stream: stdlib text + facts + Q/A-format text, documents shuffled then packed."""
     docs = (stdlib_docs(corpus_dir, "train", cfg["stdlib_chars"], seed) + fact_docs(cfg["fact_docs"], seed)
-            + qa_format_docs(cfg["qa_docs"], seed)
-            + task_qa_docs(cfg.get("task_qa_docs", 0), kinds, heldout_fraction, seed))
+            + qa_format_docs(cfg["qa_docs"], seed, cfg.get("qa_prose_fraction", 0.0))
+            + task_qa_docs(cfg.get("task_qa_docs", 0), kinds, heldout_fraction, seed, cfg.get("qa_prose_fraction", 0.0)))
     random.Random(f"mix-{seed}").shuffle(docs)
     return pack(tok, docs, cfg["block_size"])
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 KINDS = ("add", "sub", "max", "parity")
 ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
+# any-format reading, for the lenient accuracy only: "Answer: 7" or "... the answer is 7."
+LENIENT_RE = re.compile(r"(?:Answer:|[Tt]he answer is)[ \t]*([A-Za-z0-9-]+)")
 
 
 @dataclass(frozen=True)
@@ -61,18 +63,18 @@ class Problem:
 
     @property
     def worked_solution(self) -> str:
-        """The completion SFT learns: a short worked solution ending in the same ``Answer:`` line."""
+        """The completion SFT learns: restate the fact in the words of the pre-training prose, then the
+        ``Answer:`` line (recall, then answer: the one reasoning step a model this small can learn; longer
+        procedures such as "count up from 3 by 4" need the prompt's digits copied, which it could not)."""
         a, b, ans = self.a, self.b, self.answer
         if self.kind == "add":
-            steps = f"count up from {a} by {b} -> {ans}."
+            steps = f"{a} plus {b} is {ans}."
         elif self.kind == "sub":
-            steps = f"count down from {a} by {b} -> {ans}."
+            steps = f"{a} minus {b} is {ans}."
         elif self.kind == "max":
-            ta, tb = a // 10, b // 10
-            steps = (f"tens {ta} vs {tb}, so {ans} is larger." if ta != tb
-                     else f"tens equal, ones {a % 10} vs {b % 10}, so {ans} is larger.")
+            steps = f"Of {a} and {b}, the larger is {ans}."
         else:
-            steps = f"last digit {a % 10} is {ans}, so {a} is {ans}."
+            steps = f"The number {a} is {ans}."
         return f" {steps} Answer: {ans}"
 
     def fact_text(self, rng: random.Random) -> str:
@@ -132,6 +134,14 @@ def extract_answer(completion: str) -> str | None:
     """The text after the first ``Answer:`` up to the end of that line, stripped; None when absent."""
     m = ANSWER_RE.search(completion)
     return m.group(1).strip() if m else None
+
+
+def lenient_answer(completion: str) -> str | None:
+    """The first word after ``Answer:`` or ``the answer is`` in the completion's first line; None when absent.
+
+    Not the reward: it measures whether the model *knows* the answer whatever format it writes it in."""
+    m = LENIENT_RE.search(completion.split("\n", 1)[0])
+    return m.group(1) if m else None
 
 
 def reward(completion: str, answer: str) -> float:
