@@ -93,7 +93,7 @@ def _resolve_tiny(path: str, tiny: dict, corpus_dir: str | None) -> str:
             f"(it writes <dir>/tiny_base, tiny_rlvr, tiny_sft)")
     why = "a random-init build is cached there" if target.is_dir() else "missing"
     print(f"[reasoning-embed] tiny_{variant} is {why}: building the base/rlvr/sft triple in {target.parent} "
-          f"with the foundry (offline, once, ~10 min on 2 CPU cores; python -m reasoning_embed.foundry)")
+          f"with the foundry (offline, once, ~5 min on one CPU core; python -m reasoning_embed.foundry)")
     spec = {k: tiny[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                                  "intermediate_size", "tokenizer", "vocab_size") if k in tiny}
     cfg = {"model": spec, "seed": int(tiny.get("seed", 0))}
