@@ -98,3 +98,40 @@ def test_datamodule_trains_on_the_mined_corpus(small_corpus, micro_backbone, tmp
     rows = [json.loads(x) for x in (mined / "train" / "code.jsonl").read_text().splitlines()]
     src = {json.loads(x)["id"]: json.loads(x) for x in (small_corpus / "train" / "code.jsonl").read_text().splitlines()}
     assert any(r["neg"] != src[r["id"]]["neg"] for r in rows)  # the negatives are the mined ones
+
+
+def test_concurrent_prepare_data_builds_and_mines_one_at_a_time(tmp_path, monkeypatch):
+    """Under DDP every rank calls prepare_data: the corpus build and the mining must not run concurrently
+    (the first caller does the work, the others wait for the lock and then find the cache)."""
+    import threading
+    import time
+
+    import reasoning_embed.data.stdlib_corpus as corpus_mod
+    import reasoning_embed.mining.offline as offline_mod
+    from reasoning_embed.data.datamodule import ContrastiveDataModule
+
+    spans, done = [], set()
+
+    def slow(name):
+        def work(path, **_):
+            start = time.monotonic()
+            if (name, str(path)) not in done:      # the cached second call returns at once
+                time.sleep(0.3)
+                done.add((name, str(path)))
+            spans.append((name, start, time.monotonic()))
+        return work
+
+    monkeypatch.setattr(corpus_mod, "build_stdlib_corpus", slow("build"))
+    monkeypatch.setattr(offline_mod, "mine_offline_corpus", slow("mine"))
+    corpus = tmp_path / "data" / "stdlib"
+    dms = [ContrastiveDataModule(train=str(tmp_path / "x"), batch_size=4, offline_corpus=str(corpus),
+                                 mine_reference="minilm") for _ in range(2)]
+    threads = [threading.Thread(target=dm.prepare_data) for dm in dms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(n for n, *_ in spans) == ["build", "build", "mine", "mine"]
+    # no two calls overlap in time
+    ordered = sorted((s, e) for _, s, e in spans)
+    assert all(b_start >= a_end - 1e-3 for (_, a_end), (b_start, _) in zip(ordered, ordered[1:]))

@@ -42,14 +42,22 @@ class ContrastiveDataModule(L.LightningDataModule):
 
     def prepare_data(self):
         if self.offline_corpus:
+            from filelock import FileLock
+
             from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
 
-            build_stdlib_corpus(self.offline_corpus)
-            if self.mine_reference:
-                from reasoning_embed.mining.offline import mine_offline_corpus
+            # Every DDP rank (and every concurrent job on the same outputs/) calls this: the first to take
+            # the lock builds and mines, the others wait and then find the cache.
+            lock = Path(self.offline_corpus).with_name(Path(self.offline_corpus).name + ".lock")
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock)):
+                build_stdlib_corpus(self.offline_corpus)
+                if self.mine_reference:
+                    from reasoning_embed.mining.offline import mine_offline_corpus
 
-                # cached after the first build (keyed on the corpus, the reference and the settings)
-                mine_offline_corpus(self.offline_corpus, reference=self.mine_reference, max_length=self.mine_max_length)
+                    # cached after the first build (keyed on the corpus, the reference and the settings)
+                    mine_offline_corpus(self.offline_corpus, reference=self.mine_reference,
+                                        max_length=self.mine_max_length)
 
     def _read(self, path):
         rows, report = read_jsonl(path, self.bad_rows)
