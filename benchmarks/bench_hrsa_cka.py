@@ -2,6 +2,9 @@
 
 Run:  .venv/bin/python benchmarks/bench_hrsa_cka.py            (about 5 minutes on the loaded 2-core VM)
       .venv/bin/python benchmarks/bench_hrsa_cka.py --quick    (smaller, for a smoke test)
+      python benchmarks/bench_hrsa_cka.py --device cuda --layers 29 --dim 1536 --rows 20000 --small-rows 10000
+                                                               (the real size, on a GPU: peaks are then
+                                                                torch.cuda.max_memory_allocated)
 
 Two fake "models" of 13 layers, d = 512, 20,000 token rows (shared latent structure plus
 layer-specific noise, generated in batches from fixed seeds, float32 like real hidden states).
@@ -87,14 +90,28 @@ def batch(b_idx: int, rows: int, W):
 
 def batches(n: int, W):
     for i, s in enumerate(range(0, n, BATCH)):
-        yield batch(i, min(BATCH, n - s), W)
+        xa, yb = batch(i, min(BATCH, n - s), W)            # generated on the CPU (seeded), used on DEVICE
+        yield xa.to(DEVICE), yb.to(DEVICE)
+
+
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def rss_mib() -> float:
+    """Memory in use now: the process RSS on CPU, allocated device memory on a GPU."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.memory_allocated() / 2 ** 20
     return psutil.Process().memory_info().rss / 2 ** 20
 
 
 def peak_mib() -> float:
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -104,6 +121,7 @@ def run_reference(n: int, W, out: str) -> dict:
     xs, ys = zip(*batches(n, W))
     X, Y = torch.cat(xs, 1), torch.cat(ys, 1)
     del xs, ys
+    sync()
     t0 = time.perf_counter()
     Xc = [X[i] - X[i].mean(0) for i in range(L)]                # a centred fp32 copy per layer
     Yc = [Y[j] - Y[j].mean(0) for j in range(L)]
@@ -114,6 +132,7 @@ def run_reference(n: int, W, out: str) -> dict:
             hxx = torch.linalg.matrix_norm(Xc[i].T @ Xc[i])     # self terms recomputed per pair
             hyy = torch.linalg.matrix_norm(Yc[j].T @ Yc[j])
             M[i, j] = float(hxy / (hxx * hyy))
+    sync()
     wall = time.perf_counter() - t0
     np.save(out, M)
     return {"wall_s": wall, "peak_mib": peak_mib() - base}
@@ -124,12 +143,14 @@ def run_stream(n: int, W, out: str, dtype: torch.dtype) -> dict:
     acc = CKAAccumulator(debiased=True, compute_dtype=dtype)
     t_upd = 0.0
     for xa, yb in batches(n, W):
+        sync()
         t0 = time.perf_counter()
         acc.update(xa, yb)
+        sync()
         t_upd += time.perf_counter() - t0
     t0 = time.perf_counter()
-    M = acc.compute().numpy()
-    Md = acc.compute(debiased=True).numpy()
+    M = acc.compute().cpu().numpy()
+    Md = acc.compute(debiased=True).cpu().numpy()
     wall = t_upd + time.perf_counter() - t0
     np.save(out, M)
     flops = 2.0 * n * D * D * (L * L + 2 * L)
@@ -148,18 +169,26 @@ def run_generate_only(n: int, W) -> dict:
 def run_plain_matmul(n: int, W, dtype: torch.dtype) -> dict:
     """The same GEMM shapes as the accumulator's cross and self terms, nothing else."""
     data = [(x.to(dtype), y.to(dtype)) for x, y in batches(n, W)]
+    sync()
     t0 = time.perf_counter()
     for x, y in data:
         for i in range(L):
             torch.matmul(x[i].mT, y)
         torch.bmm(x.mT, x)
         torch.bmm(y.mT, y)
+    sync()
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "gflops": 2.0 * n * D * D * (L * L + 2 * L) / wall / 1e9}
 
 
+def configure(args) -> None:
+    global L, D, DEVICE
+    L, D, DEVICE = args.layers, args.dim, torch.device(args.device)
+
+
 def child(args) -> None:
     torch.set_num_threads(2)
+    configure(args)
     W = model_weights()
     dtype = {"fp32": torch.float32, "fp64": torch.float64}[args.dtype]
     if args.mode == "ref":
@@ -175,7 +204,7 @@ def child(args) -> None:
 
 def spawn(mode: str, rows: int, dtype: str, out: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode, "--rows", str(rows),
-           "--dtype", dtype, "--out", out]
+           "--dtype", dtype, "--out", out, "--layers", str(L), "--dim", str(D), "--device", str(DEVICE)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -188,14 +217,20 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--out", default="")
     p.add_argument("--quick", action="store_true", help="4,000 / 2,000 rows instead of 20,000 / 10,000")
+    p.add_argument("--small-rows", type=int, default=10000, help="the second row count (peak must not grow)")
+    p.add_argument("--layers", type=int, default=L, help="layers per model (29 for Qwen2.5-1.5B incl. embeddings)")
+    p.add_argument("--dim", type=int, default=D, help="hidden size (1536 for Qwen2.5-1.5B)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     if args.child:
         return child(args)
+    configure(args)
 
-    big, small = (4000, 2000) if args.quick else (20000, 10000)
+    big, small = (4000, 2000) if args.quick else (args.rows, args.small_rows)
     tmp = tempfile.mkdtemp(prefix="bench_cka_")
     f = lambda name: os.path.join(tmp, name + ".npy")  # noqa: E731
-    print(f"13 x 13 layer pairs, d={D}, batches of {BATCH} rows, torch {torch.__version__}, 2 threads, "
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU, 2 threads"
+    print(f"{L} x {L} layer pairs, d={D}, batches of {BATCH} rows, torch {torch.__version__}, {where}, "
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     ref = spawn("ref", big, "fp32", f("ref"))
     print(f"reference (in RAM, fp32, 3 GEMMs/pair)  {big} rows: wall {ref['wall_s']:6.1f} s  peak +{ref['peak_mib']:.0f} MiB")
