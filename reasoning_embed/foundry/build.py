@@ -164,7 +164,8 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
                     "parent": None if v == "base" else "tiny_base",
                     "how": {"base": "causal-LM pre-training (stdlib text + arithmetic facts + Q/A-format arithmetic)",
                             "rlvr": "GRPO from base (exact reward, group-relative advantages, k3 KL to base)",
-                            "sft": "SFT from base on worked solutions (same optimizer steps as rlvr, its own learning rate)"}[v],
+                            "sft": "SFT from base on worked solutions "
+                                   "(same optimizer steps as rlvr, its own learning rate)"}[v],
                     "heldout_accuracy": acc["accuracy"], "heldout_accuracy_ci95": acc["ci95"],
                     "heldout_correct": acc["correct"], "heldout_n": acc["n"], "heldout_per_kind": acc["per_kind"],
                     "heldout_lenient_accuracy": acc["lenient_accuracy"],

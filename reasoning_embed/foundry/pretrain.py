@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from reasoning_embed.foundry.problems import KINDS, all_problems
+from reasoning_embed.foundry.problems import KINDS, all_problems, answer_line
 
 
 def stdlib_docs(corpus_dir: Path, split: str, max_chars: int, seed: int = 0) -> list[str]:
@@ -61,7 +61,7 @@ def fact_docs(n: int, seed: int = 0) -> list[str]:
 
 def answer_text(answer: str, rng: random.Random, prose_fraction: float) -> str:
     """`` Answer: 7`` (the format the reward checks) or, with probability ``prose_fraction``, `` The answer is 7.``"""
-    return f" The answer is {answer}." if rng.random() < prose_fraction else f" Answer: {answer}"
+    return f" The answer is {answer}." if rng.random() < prose_fraction else answer_line(answer)
 
 
 def qa_format_docs(n: int, seed: int = 0, prose_fraction: float = 0.0) -> list[str]:
@@ -99,9 +99,10 @@ def pack(tok, docs: list[str], block: int) -> torch.Tensor:
 def pretrain_blocks(tok, corpus_dir: Path, cfg: dict, seed: int, kinds=KINDS,
                     heldout_fraction: float = 0.25) -> torch.Tensor:
     """The pre-training stream: stdlib text + facts + Q/A-format text, documents shuffled then packed."""
+    prose = cfg.get("qa_prose_fraction", 0.0)
     docs = (stdlib_docs(corpus_dir, "train", cfg["stdlib_chars"], seed) + fact_docs(cfg["fact_docs"], seed)
-            + qa_format_docs(cfg["qa_docs"], seed, cfg.get("qa_prose_fraction", 0.0))
-            + task_qa_docs(cfg.get("task_qa_docs", 0), kinds, heldout_fraction, seed, cfg.get("qa_prose_fraction", 0.0)))
+            + qa_format_docs(cfg["qa_docs"], seed, prose)
+            + task_qa_docs(cfg.get("task_qa_docs", 0), kinds, heldout_fraction, seed, prose))
     random.Random(f"mix-{seed}").shuffle(docs)
     return pack(tok, docs, cfg["block_size"])
 

@@ -27,6 +27,12 @@ ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
 LENIENT_RE = re.compile(r"(?:Answer:|[Tt]he answer is)[ \t]*([A-Za-z0-9-]+)")
 
 
+def answer_line(answer: str) -> str:
+    """`` Answer: 7``: the one format the reward checks (every completion and training text that should
+    earn the reward ends with it)."""
+    return f" Answer: {answer}"
+
+
 @dataclass(frozen=True)
 class Problem:
     kind: str
@@ -59,7 +65,7 @@ class Problem:
 
     @property
     def direct_completion(self) -> str:
-        return f" Answer: {self.answer}"
+        return answer_line(self.answer)
 
     @property
     def worked_solution(self) -> str:
@@ -75,7 +81,7 @@ class Problem:
             steps = f"Of {a} and {b}, the larger is {ans}."
         else:
             steps = f"The number {a} is {ans}."
-        return f" {steps} Answer: {ans}"
+        return f" {steps}" + answer_line(ans)
 
     def fact_text(self, rng: random.Random) -> str:
         """The same fact as prose (pre-training text): knowledge without the Q/A format."""

@@ -1,9 +1,9 @@
 """Supervised fine-tuning of the base on worked solutions of the RLVR problems (matched budget).
 
 Same training-split problem stream (same seed, so the same problems in the same order as RLVR's prompts)
-and the same number of optimizer steps as RLVR (the learning rate is SFT's own, ``sft.lr``); the batch size is chosen so the
-number of supervised completion tokens is comparable to RLVR's sampled completion tokens (both are
-recorded in ``foundry.json``). Loss: next-token cross-entropy on the completion (worked solution + EOS)
+and the same number of optimizer steps as RLVR (the learning rate is SFT's own, ``sft.lr``); the batch size
+is chosen so the number of supervised completion tokens is comparable to RLVR's sampled completion tokens
+(both are recorded in ``foundry.json``). Loss: next-token cross-entropy on the completion (worked solution + EOS)
 only, not on the prompt.
 """
 
