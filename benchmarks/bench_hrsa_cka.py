@@ -64,6 +64,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from reasoning_embed.hrsa import CKAAccumulator  # noqa: E402
 
 L, D, LATENT, BATCH = 13, 512, 64, 1024
+DEVICE = torch.device("cpu")              # L, D and DEVICE are set from the command line (configure)
 
 
 def model_weights(seed: int = 0):
@@ -92,9 +93,6 @@ def batches(n: int, W):
     for i, s in enumerate(range(0, n, BATCH)):
         xa, yb = batch(i, min(BATCH, n - s), W)            # generated on the CPU (seeded), used on DEVICE
         yield xa.to(DEVICE), yb.to(DEVICE)
-
-
-DEVICE = torch.device("cpu")
 
 
 def sync() -> None:
