@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="convert")
+@hydra.main(version_base="1.3", config_path="conf", config_name="convert")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     run(cfg)

@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 
 # absolute, so that main() also works when called from Python (tests), not only as `python -m`
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @user_errors_exit
 def _hydra_main(cfg: DictConfig) -> float | None:
     quiet_environment()

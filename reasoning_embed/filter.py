@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict:
     return r
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="filter")
+@hydra.main(version_base="1.3", config_path="conf", config_name="filter")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     quiet_environment()

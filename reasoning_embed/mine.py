@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> list[dict]:
     return reports
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="mine")
+@hydra.main(version_base="1.3", config_path="conf", config_name="mine")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     quiet_environment()

@@ -180,7 +180,7 @@ def _log_wandb(results: list[dict], cfg) -> None:
     run.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="realign")
+@hydra.main(version_base="1.3", config_path="conf", config_name="realign")
 @user_errors_exit
 def main(cfg: DictConfig):
     quiet_environment()

@@ -143,7 +143,7 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
     })
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
     quiet_environment()

@@ -13,6 +13,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from reasoning_embed import CONF_DIR
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def train_cfg(micro_backbone, corpus_dir, tmp_path):
     from omegaconf import open_dict
 
     def make(*overrides: str):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=["debug=fast", "logger=none", *overrides])
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")

@@ -12,6 +12,7 @@ from conftest import ROOT
 from reasoning_embed.data.jsonl import read_jsonl
 from reasoning_embed.errors import DataFormatError, ReasoningEmbedError
 from reasoning_embed.mining.convert import convert
+from reasoning_embed import CONF_DIR
 
 FIX = ROOT / "tests" / "fixtures" / "mining"
 INST = "Given a question, retrieve the answer"
@@ -154,7 +155,7 @@ def test_convert_cli(tmp_path):
 
     from reasoning_embed.convert import run
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="convert", overrides=[
             "format=tevatron", f"input={FIX / 'tevatron.jsonl'}", f"output={tmp_path / 'o'}",
             f"instruction_map={FIX / 'instructions.yaml'}"])

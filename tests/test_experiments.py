@@ -9,14 +9,15 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT
+from reasoning_embed import CONF_DIR
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_config_composes(name, monkeypatch):
     monkeypatch.setenv("RE_TRAIN_DATA", "/data/train")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}"], return_hydra_config=True)
     assert cfg.model.temperature > 0 and cfg.backbone.name
     params = cfg.hydra.sweeper.params or {}

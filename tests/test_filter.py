@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, write_jsonl
 from reasoning_embed.mining.margin_filter import filter_file
 from reasoning_embed.mining.reference import Reference
+from reasoning_embed import CONF_DIR
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +111,7 @@ def test_help_and_config_state_the_direction():
     help_text = subprocess.run([sys.executable, "-m", "reasoning_embed.filter", "--help"], cwd=ROOT,
                                capture_output=True, text=True, timeout=60).stdout
     assert "Rows with a LARGER margin are easier; min_margin drops hard/likely-false-negative rows" in help_text
-    conf = (ROOT / "conf" / "filter.yaml").read_text()
+    conf = (CONF_DIR / "filter.yaml").read_text()
     assert "Rows with a LARGER margin are EASIER" in conf and "DROPS hard / likely-false-negative rows" in conf
 
 
@@ -123,7 +124,7 @@ def test_filter_cli_with_a_real_reference(micro_backbone, corpus_dir, tmp_path):
 
     rows = [json.loads(x) for x in (corpus_dir / "val" / "code.jsonl").read_text().splitlines()[:40]]
     src = write_jsonl(tmp_path / "code.jsonl", rows)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="filter", overrides=[
             f"input={src}", f"output={tmp_path / 'kept.jsonl'}", f"reference={micro_backbone}", "max_length=32",
             "record_margin=true", "min_margin=0.0", "progress=false"])

@@ -9,6 +9,7 @@ import torch
 from reasoning_embed.training import grad_cache
 from reasoning_embed.training.module import ContrastiveModule
 from test_ddp import _assert_same, _grads
+from reasoning_embed import CONF_DIR
 
 
 class ChunkedWithGraph(ContrastiveModule):
@@ -87,7 +88,7 @@ def test_slurm_launcher_config_runs_one_task_per_gpu():
 
     from conftest import ROOT
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2",
                                                        "hydra.launcher.gpus_per_node=4", "trainer=ddp",
                                                        "trainer.num_nodes=2"], return_hydra_config=True)

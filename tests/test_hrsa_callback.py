@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from reasoning_embed.training.hrsa_callback import load_features
+from reasoning_embed import CONF_DIR
 
 KEYS = {"step", "n_probe", "cka_vs_init", "cka_debiased_vs_init", "knn10_vs_init"}
 
@@ -37,7 +38,7 @@ def trained_run(tmp_path_factory, micro_backbone, corpus_dir):
     from reasoning_embed.train import train
 
     out = tmp_path_factory.mktemp("hrsa_run") / "run"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["debug=fast", "logger=csv", "trainer.max_steps=4"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)

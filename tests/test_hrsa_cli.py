@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT
 from reasoning_embed.errors import TokenizerMismatchError
+from reasoning_embed import CONF_DIR
 
 FIGURES = {"cka_biased.png", "cka_debiased.png", "dimcorr.png", "knn_overlap.png", "procrustes.png",
            "alignment_matrix.png", "probe_transfer.png"}
@@ -37,7 +38,7 @@ def hrsa_cfg(tmp_path):
     from omegaconf import open_dict
 
     def make(*overrides: str, out=None):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="hrsa", overrides=list(overrides))
         with open_dict(cfg):
             cfg.paths.output_dir = str(out or tmp_path / "hrsa")

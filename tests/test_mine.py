@@ -17,6 +17,7 @@ import torch
 from conftest import ROOT, write_jsonl
 from reasoning_embed.errors import DataFormatError
 from reasoning_embed.mining.mine import MineSettings, mine, mine_file, normalise_text
+from reasoning_embed import CONF_DIR
 
 FIX = ROOT / "tests" / "fixtures" / "mining"
 MAXLEN = 48
@@ -291,7 +292,7 @@ def test_cli_mine_directory(corpus_dir, micro_backbone, tmp_path):
     src = tmp_path / "src"
     for name in ("docstring", "code"):
         write_jsonl(src / f"{name}.jsonl", (corpus_dir / "val" / f"{name}.jsonl").read_text().splitlines()[:40])
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="mine", overrides=[
             f"input={src}", f"output={tmp_path / 'mined'}", f"reference={micro_backbone}", "max_length=32",
             "progress=false", "mining.num_negatives=2", "mining.mode=replace", "mining.rank_range=[1,null]"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_INSTRUCTION = "Given a query, retrieve the most relevant passage from the given passage"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from reasoning_embed import CONF_DIR  # noqa: E402  (re-exported for older imports)
 _VERSION = re.compile(r"\.v\d+$")
 
 

@@ -20,7 +20,7 @@ def build_cfg(cfg) -> dict:
     return {k: c[k] for k in BUILD_KEYS if k in c}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="foundry")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="foundry")
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
     quiet_environment()

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from reasoning_embed.utils.hydra_utils import quiet_environment, user_errors_exit
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="hrsa")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="hrsa")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
     quiet_environment()

@@ -255,7 +255,7 @@ def backbone_hrsa(dirs: list[Path], out: Path, overrides: list[str] | None = Non
         if GlobalHydra.instance().is_initialized():
             hcfg = compose(config_name="hrsa", overrides=args)
         else:
-            conf = Path(__file__).resolve().parents[2] / "conf"
+            from reasoning_embed import CONF_DIR as conf
             with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
                 hcfg = compose(config_name="hrsa", overrides=args)
         with open_dict(hcfg):
@@ -385,7 +385,7 @@ def _log_wandb(table: dict, out: Path, cfg, backbone_hrsa_results: list[dict]) -
     run.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 @user_errors_exit
 def main(cfg: DictConfig):
     quiet_environment()
