@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)  ## create .venv and install the package (+ dev tools)
 
-train: $(STAMP)  ## the default offline run (tiny backbone, stdlib corpus); extra overrides: make train ARGS="..."
-	$(OFFLINE) $(PY) -m reasoning_embed.train $(ARGS)
+# `python -m reasoning_embed.train` alone is the paper's recipe (a real backbone and data to choose); make train is
+# the offline default run. EXPERIMENT= (empty) trains the recipe itself on the offline corpus.
+EXPERIMENT ?= offline_default
+train: $(STAMP)  ## the offline default run (tiny backbone, stdlib corpus); extra overrides: make train ARGS="..."
+	$(OFFLINE) $(PY) -m reasoning_embed.train $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(ARGS)
 
 test: $(STAMP)  ## the whole test suite, offline
 	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)

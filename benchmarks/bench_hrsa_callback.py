@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_hrsa_callback.py
 
-Runs `python -m reasoning_embed.train` (the offline default) in fresh processes, callback off and on (default
+Runs `python -m reasoning_embed.train experiment=offline_default` (= make train) in fresh processes, callback off and on (default
 frequency), interleaved `--repeats` times, and prints wall and training times, the overhead, and the bytes of probe features stored
 per evaluation. Target: at most 5% added wall time.
 """
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(out: Path, enabled: bool) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "reasoning_embed.train", "logger=csv", "callbacks.progress=null",
+    cmd = [sys.executable, "-m", "reasoning_embed.train", "experiment=offline_default", "logger=csv", "callbacks.progress=null",
            f"hydra.run.dir={out}", f"callbacks.hrsa.enabled={str(enabled).lower()}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     start = time.perf_counter()

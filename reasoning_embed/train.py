@@ -75,6 +75,10 @@ def train(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    from reasoning_embed.training.recipe import recipe_differences, recipe_line
+
+    recipe_diffs = recipe_differences(cfg, trainer.world_size)
+    log.info(recipe_line(recipe_diffs))
 
     ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
     initial = {}
@@ -106,6 +110,7 @@ def train(cfg: DictConfig) -> dict:
         "initial_val": initial,
         "final_val": final,
         "data": datamodule.data_report,
+        "recipe_differences": {k: {"run": v, "paper": p} for k, (v, p) in recipe_diffs.items()},
     }
     if trainer.is_global_zero:
         if cfg.get("export", True):

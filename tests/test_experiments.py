@@ -14,6 +14,63 @@ from reasoning_embed import CONF_DIR
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
+def _compose(*overrides: str, hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def test_defaults_are_the_paper_recipe(monkeypatch):
+    """What a researcher types for a real run gets the paper's recipe, not the offline toy's settings."""
+    import torch
+
+    from reasoning_embed.training.module import ContrastiveModule
+
+    cfg = _compose("backbone=qwen_base", "data=jsonl", "data.train=/data/train.jsonl")
+    assert cfg.get("experiment") is None and cfg.backbone.path == "Qwen/Qwen2.5-1.5B"
+    opt, model, enc = cfg.model.optimizer, cfg.model, cfg.encoder
+    assert opt._target_ == "torch.optim.AdamW" and opt.lr == 2.0e-5 and opt.weight_decay == 0.05
+    assert model.warmup_ratio == 0.03 and model.max_grad_norm == 1.0 and model.temperature == 0.02
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.max_steps == -1  # one epoch
+    assert cfg.data.num_negatives == 3  # 1 positive + 3 hard negatives
+    assert enc.pooling == "mean" and enc.normalize and enc.attention == "bidirectional"
+    assert enc.query_template == "Instruct: {instruction}\nQuery: " and enc.add_special_tokens is False
+    assert enc.max_query_length == 512 and enc.max_passage_length == 512
+    assert cfg.finetune.mode == "full" and cfg.seed == 42
+    assert cfg.trainer.accelerator == "auto"
+    assert cfg.trainer.precision == "32-true"  # this machine has no GPU ...
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert cfg.trainer.precision == "bf16-mixed"  # ... on one with bf16, the recipe's mixed precision
+    # the schedule: linear warm-up over 3% of the steps, then cosine to zero
+    module = ContrastiveModule(torch.nn.Linear(2, 2), lambda params: torch.optim.AdamW(params, lr=opt.lr),
+                               warmup_ratio=model.warmup_ratio)
+    module._trainer = type("T", (), {"estimated_stepping_batches": 1000})()
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(1000):
+        lrs.append(sched.get_last_lr()[0])
+        sched.optimizer.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(2.0e-5) and lrs[0] < 2.0e-5 / 10 and lrs.index(max(lrs)) in (29, 30)
+    assert lrs[515] == pytest.approx(1.0e-5, rel=0.02) and lrs[-1] < 1e-9
+
+
+def test_recipe_line_names_what_differs_from_the_paper():
+    from reasoning_embed.training.recipe import recipe_differences, recipe_line
+
+    paper = _compose("backbone=qwen_base", "data=jsonl", "data.train=/data/train.jsonl", "trainer.precision=bf16-mixed",
+                     "data.batch_size=256")
+    assert recipe_differences(paper, world_size=8) == {}
+    assert recipe_line({}) == "recipe vs the paper: unchanged"
+    toy = _compose("experiment=offline_default")
+    diffs = recipe_differences(toy)
+    assert diffs["model.optimizer.lr"] == (3.0e-4, 2.0e-5) and diffs["model.temperature"] == (0.05, 0.02)
+    assert diffs["encoder.max_query_length"] == (40, 512) and diffs["trainer.max_steps"] == (200, -1)
+    assert diffs["trainer.precision"] == ("32-true", "bf16-mixed") and diffs["global batch"] == (32, 2048)
+    line = recipe_line(diffs)
+    assert "model.optimizer.lr=0.0003 (paper 2e-05)" in line and "model.temperature=0.05 (paper 0.02)" in line
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_config_composes(name, monkeypatch):
     monkeypatch.setenv("RE_TRAIN_DATA", "/data/train")
