@@ -1,8 +1,8 @@
 """The mteb 2.x model adapter: this framework's ``Encoder`` behind mteb's encoder *and* search protocols.
 
 Encoding (``encode``): all texts of an mteb call are gathered from its DataLoader and embedded together,
-grouped longest first by token count (little padding), in the original order on return; inputs, forward
-and pooling are ``Encoder.encode``'s (see ``embed``). Texts are
+grouped longest first by token count (little padding), in the original order on return: the project's one
+encode loop (:mod:`reasoning_embed.models.encode`), the same as ``Encoder.encode``. Texts are
 stripped the way sentence-transformers strips ``prompt + text`` before tokenizing (so an export embeds
 identically here and as a plain ``SentenceTransformer``). The instruction comes from an
 :class:`InstructionTable` looked up by task name:
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from reasoning_embed.evaluation.instructions import InstructionTable, load_instruction_table
+from reasoning_embed.models.encode import encode
 
 log = logging.getLogger("reasoning_embed.evaluation")
 
@@ -119,55 +120,11 @@ class MtebEncoderAdapter:
         return self.embed(texts, instruction, batch_size,
                           progress=bool(kwargs.get("show_progress_bar", self.show_progress))).numpy()
 
-    @torch.inference_mode()
     def embed(self, texts: list[str], instruction: str | None, batch_size: int,
               progress: bool = False) -> torch.Tensor:
-        """``Encoder.encode(texts, instruction)`` with batches grouped by *token* length.
-
-        The texts are tokenized once (the TextTokenizer's rules: prompt + text, truncation to the query or
-        passage limit, special tokens as configured), ordered longest first by token count, and padded per
-        batch, so a batch holds texts of nearly equal length (sorting by characters, as sentence-transformers
-        does, mixes code and prose of very different token counts). Same inputs, same forward, same
-        pooling as ``Encoder.encode``; only the grouping differs."""
-        enc, tok = self.encoder, self.encoder.tokenizer
-        is_query = instruction is not None
-        prompt = tok.prompt(instruction) if is_query else ""
-        max_length = tok.max_query_length if is_query else tok.max_passage_length
-        ids = tok.hf([prompt + t for t in texts], padding=False, truncation=True, max_length=max_length,
-                     add_special_tokens=tok.add_special_tokens)["input_ids"]
-        plen = tok.prompt_length(prompt)
-        pad_id = tok.hf.pad_token_id
-        # an empty text (some corpora have empty documents) would leave a row with no attended token and a NaN
-        # embedding: it reads one end-of-text token instead
-        filler = tok.hf.eos_token_id if tok.hf.eos_token_id is not None else pad_id
-        ids = [row if row else [filler] for row in ids]
-        left = tok.hf.padding_side == "left"
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        out = torch.empty(len(texts), enc.dim)
-        was_training = enc.training
-        enc.eval()
-        starts = range(0, len(texts), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="encode", unit="batch")
-        try:
-            for start in starts:
-                idx = order[start:start + batch_size]
-                width = max(len(ids[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    n = len(ids[i])
-                    cols = slice(width - n, width) if left else slice(0, n)
-                    input_ids[row, cols] = torch.tensor(ids[i], dtype=torch.long)
-                    mask[row, cols] = 1
-                prompt_length = torch.full((len(idx),), plen, dtype=torch.long)
-                emb = enc(input_ids.to(enc.device), mask.to(enc.device), prompt_length.to(enc.device))
-                out[idx] = emb.float().cpu()
-        finally:
-            enc.train(was_training)
-        return out
+        """``Encoder.encode(texts, instruction)``: the one encode loop, batches grouped by *token* length
+        (:mod:`reasoning_embed.models.encode`)."""
+        return encode(self.encoder, texts, instruction, instruction is not None, batch_size, progress)
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         from mteb.similarity_functions import cos_sim, dot_score

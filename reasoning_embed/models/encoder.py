@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from reasoning_embed.models.encode import encode
 from reasoning_embed.models.pooling import pool
 from reasoning_embed.models.text_tokenizer import DEFAULT_QUERY_TEMPLATE, TextTokenizer
 
@@ -40,47 +41,30 @@ class Encoder(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return out.hidden_states
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str], instructions: Sequence[str] | str | None = None,
                batch_size: int = 64, is_query: bool | None = None, progress: bool = False) -> torch.Tensor:
-        """Embed texts (queries when ``instructions`` is given or ``is_query``), longest first, on CPU out."""
-        texts = list(texts)
-        if is_query is None:
-            is_query = instructions is not None
-        if instructions is None or isinstance(instructions, str):
-            instructions = [instructions] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.dim)
-        was_training = self.training
-        self.eval()
-        batches = range(0, len(texts), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="encode", unit="batch")
-        for start in batches:
-            idx = order[start:start + batch_size]
-            chunk = [texts[i] for i in idx]
-            if is_query:
-                feats = self.tokenizer.queries(chunk, [instructions[i] for i in idx])
-            else:
-                feats = self.tokenizer.passages(chunk)
-            feats = {k: v.to(self.device) for k, v in feats.items()}
-            out[idx] = self(**feats).float().cpu()
-        self.train(was_training)
-        return out
+        """Embed texts (queries when ``instructions`` is given or ``is_query``) on CPU out, in input order;
+        the one encode loop (:func:`reasoning_embed.models.encode.encode`)."""
+        return encode(self, texts, instructions, is_query, batch_size, progress)
 
 
 def build_encoder(backbone: dict, attention: str = "bidirectional", pooling: str = "mean", normalize: bool = True,
                   attn_implementation: str = "sdpa", dtype: str = "float32", max_query_length: int = 512,
                   max_passage_length: int = 512, query_template: str = DEFAULT_QUERY_TEMPLATE,
                   add_special_tokens: bool = False, gradient_checkpointing: bool = False,
-                  finetune: dict | None = None, corpus_dir: str | None = None, check_attention: bool = True) -> Encoder:
-    """Build the encoder from config dicts (``backbone`` and ``finetune`` groups)."""
+                  finetune: dict | None = None, check_attention: bool = True) -> Encoder:
+    """The encoder of a loadable backbone (a model directory or a cached hub id), with exactly these
+    settings. Specs of every other kind (a run, an export's own settings, a tiny backbone to build, a config
+    name) go through the one loader, :func:`reasoning_embed.models.loading.load_encoder`."""
     from reasoning_embed.models.backbone import load_backbone, resolve_backbone
 
     backbone = dict(backbone)
-    path = resolve_backbone(backbone["path"], backbone.get("tiny"), corpus_dir, backbone.get("revision"))
+    if backbone.get("tiny"):
+        from reasoning_embed.errors import ReasoningEmbedError
+
+        raise ReasoningEmbedError(f"backbone {backbone.get('name')!r} is a tiny backbone built on first use: "
+                                  f"load it with reasoning_embed.assets.load_encoder / assets.build_encoder")
+    path = resolve_backbone(backbone["path"], backbone.get("revision"))
     model, hf_tok, _ = load_backbone(path, attention, attn_implementation, dtype, backbone.get("revision"),
                                      check=check_attention)
     if gradient_checkpointing:

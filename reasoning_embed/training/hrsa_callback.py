@@ -170,20 +170,9 @@ class HRSACallback(L.Callback):
 
     def _layer_rows(self, encoder, idx):
         """Mean-pooled hidden state of every layer (embedding output + each block) per probe text."""
-        was_training = encoder.training
-        encoder.eval()
-        layers: list[list[torch.Tensor]] = []
-        for start in range(0, len(idx), self.batch_size):
-            chunk = [self.texts[i] for i in idx[start:start + self.batch_size]]
-            feats = {k: v.to(encoder.device) for k, v in encoder.tokenizer.passages(chunk).items()}
-            hs = encoder.hidden_states(feats["input_ids"], feats["attention_mask"])
-            m = feats["attention_mask"].unsqueeze(-1).float()
-            for li, h in enumerate(hs):
-                if len(layers) <= li:
-                    layers.append([])
-                layers[li].append(((h.float() * m).sum(1) / m.sum(1).clamp(min=1)).cpu())
-        encoder.train(was_training)
-        return {f"layer_{i}": torch.cat(x) for i, x in enumerate(layers)}
+        from reasoning_embed.models.encode import encode_layers
+
+        return encode_layers(encoder, [self.texts[i] for i in idx], self.batch_size)
 
     # -------------------------------------------------------------------- evaluation
     def _reference_at(self, step: int) -> torch.Tensor | None:
