@@ -1,4 +1,4 @@
-"""The study report on a synthetic sweep with known scores: deltas, CIs, p-values, failed jobs."""
+"""The study report on a synthetic sweep with known scores: per-seed deltas, CIs, p-values, verdicts, failed jobs."""
 
 import csv
 import itertools
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from reasoning_embed.report.stats import compare_paired, paired_bootstrap_ci, sign_flip_p_value
+from reasoning_embed.report.stats import apply_holm, compare_seeds, hierarchical_bootstrap_ci, sign_flip_p_value
 
 TASKS = {"T1": "Retrieval", "T2": "Retrieval", "T3": "STS"}
 
@@ -36,29 +36,32 @@ def sweep(tmp_path):
         _run(root, f"b{seed}", "base", "base", seed, dict(zip(TASKS, base[seed])))
         _run(root, f"r{seed}", "rl", "base", seed, dict(zip(TASKS, np.add(base[seed], shift[seed]))))
     _run(root, "r3", "rl", "base", 3, {}, failed="RuntimeError: out of memory")
-    return root, [d for s in (1, 2) for d in shift[s]]
+    return root, shift
 
 
 def test_report_table_deltas_and_failed_job(sweep):
     from reasoning_embed.report.__main__ import make_report
 
-    root, deltas = sweep
+    root, shift = sweep
     cfg = OmegaConf.create({"sweep": str(root), "runs": None, "out": None, "alpha": 0.05, "n_boot": 2000,
                             "realign": False, "wandb": False, "hrsa": False})
     report = make_report(cfg)
     d = next(x for x in report["table"]["deltas"] if x["backbone"] == "rl")
-    assert d["n"] == 6
-    assert d["mean_delta"] == pytest.approx(np.mean(deltas))
-    lo, hi = paired_bootstrap_ci(deltas, 2000, 0.05, 0)
+    per_seed = [np.mean(shift[1]), np.mean(shift[2])]         # the seed is the unit: 2 deltas, not 6
+    assert d["n_seeds"] == 2 and d["per_seed_delta"] == pytest.approx(per_seed)
+    assert d["mean_delta"] == pytest.approx(np.mean(per_seed))
+    lo, hi = hierarchical_bootstrap_ci([shift[1], shift[2]], 2000, 0.05, 0)
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((lo, hi))
-    from scipy.stats import wilcoxon
-
-    assert d["p_wilcoxon"] == pytest.approx(wilcoxon(deltas).pvalue)
-    # exact sign-flip by hand: all 64 sign patterns
-    obs = abs(np.mean(deltas))
-    null = [abs(np.mean(np.multiply(s, deltas))) for s in itertools.product((1, -1), repeat=6)]
-    assert d["p_permutation"] == pytest.approx(np.mean([n >= obs - 1e-12 for n in null]))
-    assert d["verdict"] == "no significant difference"
+    # exact sign-flip over the 2 seeds by hand: 4 sign patterns, the smallest attainable p is 0.5
+    obs = abs(np.mean(per_seed))
+    null = [abs(np.mean(np.multiply(s, per_seed))) for s in itertools.product((1, -1), repeat=2)]
+    assert d["p_sign_flip"] == pytest.approx(np.mean([n >= obs - 1e-12 for n in null]))
+    assert d["p_min"] == 0.5
+    assert d["verdict"] in ("underpowered", "equivalent") and "p_tost" in d
+    assert d["per_task"] and {t["task"] for t in d["per_task"]} == set(TASKS)
+    md = (root / "report" / "table.md").read_text()
+    assert "smallest attainable p = 0.5" in md or "equivalent within" in md
+    assert "Secondary view: per-task deltas" in md
     # Mean(Task) and Mean(Type) of the base row, by hand
     row = next(r for r in report["table"]["rows"] if r["backbone"] == "base")
     mt = [np.mean([50, 60, 70]), np.mean([52, 58, 71])]
@@ -73,8 +76,15 @@ def test_report_table_deltas_and_failed_job(sweep):
 
 
 def test_a_clear_improvement_is_significant():
-    cmp = compare_paired([1.0, 1.2, 0.9, 1.1, 1.3, 0.8, 1.05, 0.95, 1.15, 1.0], alpha=0.05)
-    assert cmp.verdict == "better than base" and cmp.ci_low > 0
+    per_seed = {s: [v, v + 0.1, v - 0.1] for s, v in enumerate([1.0, 1.2, 0.9, 1.1, 1.3, 0.8, 1.05, 0.95])}
+    cmp, = apply_holm([compare_seeds(per_seed, margin=0.5, alpha=0.05)])
+    assert cmp.verdict == "different" and "better" in cmp.verdict_text and cmp.ci_low > 0
+
+
+def test_two_seeds_are_underpowered_not_no_difference():
+    """4 (seed, task) pairs used to give "no significant difference" by construction; now the verdict says why."""
+    cmp, = apply_holm([compare_seeds({1: [3.0, 2.5], 2: [2.0, 4.0]}, margin=0.1)])
+    assert cmp.p_min == 0.5 and cmp.verdict == "underpowered" and "smallest attainable p = 0.5" in cmp.verdict_text
 
 
 def test_sign_flip_p_value_is_super_uniform_under_the_null():
@@ -108,3 +118,28 @@ def test_report_hrsa_summary_of_the_backbones(micro_backbone, corpus_dir, tmp_pa
     assert "absent_base" in by_name["sft"]["note"]
     md = (root / "report" / "table.md").read_text()
     assert "HRSA at the last layer" in md and "| rl | base | 1.000" in md
+
+
+def test_run_dirs_judges_only_path_parts_below_the_sweep(tmp_path):
+    """A sweep stored under a folder named ``report`` keeps its runs; the report's own sub-directory is skipped."""
+    from reasoning_embed.report.runs import run_dirs
+
+    sweep = tmp_path / "report" / "sweep"
+    for name in ("0", "1", "report/hrsa/x"):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    found = run_dirs(OmegaConf.create({"sweep": str(sweep), "runs": None}))
+    assert [p.name for p in found] == ["0", "1"]
+
+
+def test_empty_comparison_table_says_why(tmp_path):
+    from reasoning_embed.report.build import make_report
+
+    root = tmp_path / "sweep"
+    _run(root, "a1", "alone", "missing_base", 1, {"T1": 50.0})
+    cfg = OmegaConf.create({"sweep": str(root), "runs": None, "out": None, "alpha": 0.05, "n_boot": 100,
+                            "realign": False, "wandb": False, "hrsa": False})
+    report = make_report(cfg)
+    reason = report["table"]["empty_reason"]
+    assert "alone (base: missing_base)" in reason
+    assert "No comparison:" in (root / "report" / "table.md").read_text()

@@ -1,0 +1,235 @@
+"""Cross-run realignment (library behind ``python -m reasoning_embed.realign`` and the report).
+
+Reads the per-step probe embeddings the HRSA callback saved (``<run>/hrsa/features/step_<N>.safetensors``)
+and, at every step both runs have, compares run A with run B: linear CKA (biased and debiased), k-NN
+Jaccard, Procrustes cosine on held-out probe rows (fit on half the texts, scored on the other half) and
+dimension-wise correlation, beside each run's similarity to its own step 0. CKA and k-NN carry 95% bands
+(delete-a-block jackknife over probe texts, :mod:`reasoning_embed.hrsa.intervals`: no bootstrap copies)
+and their null-calibrated values (:mod:`reasoning_embed.hrsa.calibration`, probe texts re-paired).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+__all__ = ["pair_sweep_runs", "plot_realignment", "plot_sweep_realignment", "realign_pair", "run_steps",
+           "sweep_realignment"]
+
+log = logging.getLogger("reasoning_embed.realign")
+_STEP = re.compile(r"step_(\d+)\.safetensors$")
+
+
+def run_steps(run_dir: Path) -> dict[int, Path]:
+    feats = Path(run_dir) / "hrsa" / "features"
+    return {int(m.group(1)): p for p in feats.glob("step_*.safetensors") if (m := _STEP.search(p.name))}
+
+
+def _metrics(X, Y, k: int, seed: int) -> dict[str, float]:
+    from reasoning_embed.hrsa import dimension_wise_correlation, knn_jaccard, linear_cka, orthogonal_procrustes, split_rows
+
+    fit, test = split_rows(X.shape[0], 0.5, seed)
+    proc = orthogonal_procrustes(X[fit], Y[fit], X[test], Y[test])
+    return {
+        "cka": linear_cka(X, Y),
+        "cka_debiased": linear_cka(X, Y, debiased=True),
+        "knn": knn_jaccard(X, Y, k=(k,)).jaccard[k],
+        "procrustes_cos_heldout": proc.cosine_test,
+        "procrustes_cos_insample": proc.cosine,
+        "dimcorr": dimension_wise_correlation(X, Y).mean,
+    }
+
+
+def _bands_and_calibration(X, Y, k: int, bands: bool, n_perm: int, alpha: float, seed: int) -> dict:
+    """Jackknife bands of CKA and k-NN, and their calibrated values (rows = probe texts)."""
+    from reasoning_embed.hrsa.calibration import calibrate_null
+    from reasoning_embed.hrsa.fast_stats import knn_permutation_test
+    from reasoning_embed.hrsa.intervals import cka_jackknife, knn_jackknife
+    from reasoning_embed.hrsa.stats import cka_permutation_test
+
+    out: dict = {}
+    if bands:
+        cka = cka_jackknife(X, Y, alpha=alpha, max_blocks=50, seed=seed)["biased"]
+        knn = knn_jackknife(X, Y, k=k, alpha=alpha, max_blocks=min(50, max(3, X.shape[0] // 4)), seed=seed)
+        out["cka_band"], out["knn_band"] = [cka.low, cka.high], [knn.low, knn.high]
+        out["cka_band_centre"] = cka.centre
+    if n_perm > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pc = cka_permutation_test(X, Y, n_perm=n_perm, seed=seed)
+            pk = knn_permutation_test(X, Y, k=(k,), n_perm=n_perm, seed=seed)[k]
+        out["cka_calibrated"] = calibrate_null(pc.observed, pc.null, alpha).as_dict()
+        out["knn_calibrated"] = calibrate_null(pk.observed, pk.null, alpha).as_dict()
+    return out
+
+
+def _load_pair(steps_a, steps_b, step):
+    from reasoning_embed.errors import ReasoningEmbedError
+    from reasoning_embed.training.hrsa_callback import load_features
+
+    A = load_features(steps_a[step])["embeddings"]
+    B = load_features(steps_b[step])["embeddings"]
+    if A.shape[0] != B.shape[0]:
+        raise ReasoningEmbedError(f"step {step}: runs have {A.shape[0]} and {B.shape[0]} probe rows; the two "
+                                  f"runs must use the same probe set (callbacks.hrsa.probe_file / n_probe)")
+    return A, B
+
+
+def realign_pair(run_a: Path, run_b: Path, out: Path, k: int = 10, n_perm: int = 100, seed: int = 0,
+                 plot: bool = True, bands: bool = True, alpha: float = 0.05) -> dict:
+    """The realignment series of two runs; writes ``realignment.json`` (and ``realignment.png``)."""
+    from reasoning_embed.errors import ReasoningEmbedError
+    from reasoning_embed.hrsa import knn_jaccard, linear_cka
+    from reasoning_embed.training.hrsa_callback import load_features
+    from reasoning_embed.utils.io import atomic_write_json
+
+    steps_a, steps_b = run_steps(run_a), run_steps(run_b)
+    if not steps_a or not steps_b:
+        missing = run_a if not steps_a else run_b
+        raise ReasoningEmbedError(f"{missing}/hrsa/features holds no step_<N>.safetensors: train it with the HRSA "
+                                  f"callback on (callbacks.hrsa.enabled=true, save_features=true)")
+    common = sorted(set(steps_a) & set(steps_b))
+    init_a = load_features(steps_a[min(steps_a)])["embeddings"]
+    init_b = load_features(steps_b[min(steps_b)])["embeddings"]
+    kk = min(k, init_a.shape[0] - 1)
+    knn_fn = lambda X, Y: knn_jaccard(X, Y, k=(kk,)).jaccard[kk]  # noqa: E731
+    series = []
+    for step in common:
+        A, B = _load_pair(steps_a, steps_b, step)
+        row = {"step": step, "a_vs_b": {**_metrics(A, B, kk, seed),
+                                         **_bands_and_calibration(A, B, kk, bands, n_perm, alpha, seed)}}
+        row["a_vs_init"] = {"cka": linear_cka(A, init_a), "knn": knn_fn(A, init_a)}
+        row["b_vs_init"] = {"cka": linear_cka(B, init_b), "knn": knn_fn(B, init_b)}
+        series.append(row)
+    result = {"run_a": str(run_a), "run_b": str(run_b), "k": kk, "n_perm": n_perm, "alpha": alpha,
+              "bands": "95% delete-a-block jackknife over probe texts (CKA: bias-corrected centre)" if bands else None,
+              "calibrated": "max(0, (s - tau) / (1 - tau)), tau: permutation-null threshold at alpha (texts re-paired)",
+              "steps": common, "series": series}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "realignment.json", result)
+    if plot:
+        plot_realignment(result, out / "realignment.png")
+    return result
+
+
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+
+
+def _similarity_panel(ax, result: dict, key: str, title: str) -> None:
+    series = result["series"]
+    steps = [r["step"] for r in series]
+    ax.plot(steps, [r["a_vs_b"][key] for r in series], "o-", label="A vs B (same step)")
+    if series and f"{key}_band" in series[0]["a_vs_b"]:
+        ax.fill_between(steps, [r["a_vs_b"][f"{key}_band"][0] for r in series],
+                        [r["a_vs_b"][f"{key}_band"][1] for r in series], alpha=0.25,
+                        label="A vs B 95% band (jackknife over texts)")
+    if series and f"{key}_calibrated" in series[0]["a_vs_b"]:
+        ax.plot(steps, [r["a_vs_b"][f"{key}_calibrated"]["score"] for r in series], "d-.",
+                label="A vs B calibrated")
+    ax.plot(steps, [r["a_vs_init"][key] for r in series], "s--", label="A vs A@0")
+    ax.plot(steps, [r["b_vs_init"][key] for r in series], "^--", label="B vs B@0")
+    ax.set_title(title)
+    ax.set_ylim(-0.05, 1.05)                 # every similarity panel on the same [0, 1] scale
+    _integer_steps(ax)
+    ax.legend(fontsize=7)
+
+
+def plot_realignment(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = result["series"]
+    steps = [r["step"] for r in series]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    _similarity_panel(axes[0], result, "cka", "linear CKA")
+    _similarity_panel(axes[1], result, "knn", f"k-NN Jaccard (k={result['k']})")
+    axes[2].plot(steps, [r["a_vs_b"]["procrustes_cos_heldout"] for r in series], "o-", label="held-out")
+    axes[2].plot(steps, [r["a_vs_b"]["procrustes_cos_insample"] for r in series], "x:", label="in-sample")
+    axes[2].set_title("Procrustes cosine A->B")
+    axes[2].legend(fontsize=7)
+    axes[3].plot(steps, [r["a_vs_b"]["dimcorr"] for r in series], "o-")
+    axes[3].set_title("dimension-wise correlation A vs B")
+    for ax in axes[2:]:
+        ax.set_ylim(-1.05, 1.05)             # both signed in [-1, 1]
+        _integer_steps(ax)
+    fig.suptitle(f"manifold realignment: A={Path(result['run_a']).name}  B={Path(result['run_b']).name}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def pair_sweep_runs(sweep_dir: Path) -> list[tuple[Path, Path]]:
+    """Pairs of runs that differ only in backbone: same seed, finetune mode and training data.
+
+    Each non-base backbone is paired with the run of its base (``backbone.base``); without such a run, every
+    two runs of the group are paired.
+    """
+    runs = []
+    for cfg_path in sorted(Path(sweep_dir).glob("**/.hydra/config.yaml")):
+        run = cfg_path.parent.parent
+        if not run_steps(run):
+            continue
+        cfg = OmegaConf.load(cfg_path)
+        key = (str(cfg.get("seed")), str(OmegaConf.select(cfg, "finetune.mode")), str(OmegaConf.select(cfg, "data.train")))
+        runs.append((key, str(OmegaConf.select(cfg, "backbone.name")), str(OmegaConf.select(cfg, "backbone.base")), run))
+    pairs = []
+    for key in sorted({r[0] for r in runs}):
+        group = [r for r in runs if r[0] == key]
+        by_name = {r[1]: r for r in group}
+        paired = False
+        for _, name, base, run in group:
+            if base in by_name and base != name:
+                pairs.append((by_name[base][3], run))
+                paired = True
+        if not paired:
+            pairs += [(group[i][3], group[j][3]) for i in range(len(group)) for j in range(i + 1, len(group))]
+    return pairs
+
+
+def plot_sweep_realignment(results: list[dict], path: Path) -> None:
+    """One figure for a sweep: CKA and k-NN between paired runs (same step), with their bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for res in results:
+        steps = [r["step"] for r in res["series"]]
+        label = f"{Path(res['run_a']).name} vs {Path(res['run_b']).name}"
+        for ax, key in ((axes[0], "cka"), (axes[1], "knn")):
+            line, = ax.plot(steps, [r["a_vs_b"][key] for r in res["series"]], label=label)
+            if res["series"] and f"{key}_band" in res["series"][0]["a_vs_b"]:
+                ax.fill_between(steps, [r["a_vs_b"][f"{key}_band"][0] for r in res["series"]],
+                                [r["a_vs_b"][f"{key}_band"][1] for r in res["series"]], alpha=0.2,
+                                color=line.get_color(), label=f"{label}: 95% band")
+    axes[0].set_title("CKA between paired runs (same step)")
+    axes[1].set_title("k-NN Jaccard between paired runs (same step)")
+    for ax in axes:
+        ax.set_ylim(-0.05, 1.05)
+        _integer_steps(ax)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_realignment(sweep: Path, out: Path, n_perm: int = 50) -> list[dict]:
+    """The report's realignment section: every pair of the sweep, one combined figure, last-step summary."""
+    results = [realign_pair(a, b, out / "realignment" / f"{a.name}__vs__{b.name}", n_perm=n_perm, plot=False)
+               for a, b in pair_sweep_runs(sweep)]
+    if results:
+        plot_sweep_realignment(results, out / "realignment.png")
+    return [{"run_a": r["run_a"], "run_b": r["run_b"], "last": r["series"][-1]} for r in results]
