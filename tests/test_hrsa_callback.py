@@ -94,7 +94,7 @@ def test_reference_run_and_layerwise(train_cfg, trained_run, tmp_path):
 def test_realign_run_with_itself_is_one(trained_run, tmp_path):
     from reasoning_embed.realign import realign_pair
 
-    res = realign_pair(trained_run, trained_run, tmp_path / "self", n_boot=20)
+    res = realign_pair(trained_run, trained_run, tmp_path / "self", n_perm=20)
     assert res["steps"] == [0, 2, 4]
     for row in res["series"]:
         assert row["a_vs_b"]["cka"] == pytest.approx(1.0, abs=1e-9)
@@ -136,7 +136,7 @@ def test_realign_cli_on_a_sweep(trained_run, tmp_path):
     out = tmp_path / "realign"
     env = {**__import__("os").environ, "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, "-m", "reasoning_embed.realign", f"sweep={sweep}", f"out={out}",
-                           "n_boot=10"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                           "n_perm=10"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "0_base__vs__1_rlvr" / "realignment.json").exists()
     runs = list((out / "wandb").glob("offline-run-*"))
