@@ -42,6 +42,7 @@ def hrsa_cfg(tmp_path):
             cfg = compose(config_name="hrsa", overrides=list(overrides))
         with open_dict(cfg):
             cfg.paths.output_dir = str(out or tmp_path / "hrsa")
+            cfg.cache.dir = str(tmp_path / "feature_cache")
         return cfg
 
     return make

@@ -7,8 +7,9 @@ Its memory is fixed by the layer shapes, not by the token count:
     8 * (La*Lb*da*db  +  La*da^2 + Lb*db^2  +  O(La*Lb*(da+db)))  bytes
     (plus a ``compute_dtype`` copy of the La*Lb*da*db block when that is not float64).
 
-For 13 layers of d=512 that is about 0.36 GB; for 29 layers of d=1536 it would be 16 GB, so for
-large models feed blocks of layers (slices of the stacked tensors) to several accumulators.
+For 13 layers of d=512 that is about 0.36 GB; for 29 layers of d=1536 it would be 16 GB: for large
+models :func:`~reasoning_embed.hrsa.cka_blocked.cka_matrix_blocked` computes the same matrix within a
+memory budget (layer blocks and row chunks over features it can read again, e.g. the feature cache).
 
 Per batch the work is one ``d x d`` GEMM per layer for the self terms (computed once per layer,
 not once per pair) and ``La`` batched GEMMs for the ``La x Lb`` cross terms ``X_i^T Y_j``: in all
@@ -63,11 +64,12 @@ class CKAAccumulator:
 
     Args:
         debiased: also keep the (cheap) extra statistics for the unbiased-HSIC (debiased) CKA.
-        compute_dtype: dtype of the per-batch GEMMs. ``torch.float64`` (default) is exact to
-            ~1e-12; ``torch.float32`` is about 2x faster on CPUs: the rows are shifted and
-            multiplied in float32, the cross-term partial sums flushed into float64 every
-            ``flush_rows`` rows, every other statistic accumulated in float64 (difference to the
-            float64 mode: 2e-9 on benchmarks/bench_hrsa_cka.py, 13 x 13 layers, 20k rows).
+        compute_dtype: dtype of the per-batch GEMMs. ``torch.float32`` (default, the fast path)
+            is about 2x faster on CPUs: the rows are shifted in float64, then multiplied in
+            float32, the cross-term partial sums flushed into float64 every ``flush_rows`` rows,
+            every other statistic accumulated in float64 (difference to the float64 mode: ~1e-9
+            on benchmarks/bench_hrsa_cka.py, 13 x 13 layers, 20k rows; the tests bound it on
+            inputs with massive activations). ``torch.float64`` is exact to ~1e-12.
         flush_rows: rows accumulated in ``compute_dtype`` before flushing into float64.
 
     ``update(xb, yb)``: ``xb`` is ``La x b x da`` (or ``b x da``), ``yb`` is ``Lb x b x db``, the
@@ -75,8 +77,8 @@ class CKAAccumulator:
     matrix and may be called at any time (it does not consume the state).
     """
 
-    def __init__(self, debiased: bool = True, compute_dtype: torch.dtype = torch.float64,
-                 flush_rows: int = 16384):
+    def __init__(self, debiased: bool = True, compute_dtype: torch.dtype = torch.float32,
+                 flush_rows: int = 4096):
         self.track_debiased = debiased
         self.compute_dtype = compute_dtype
         self.flush_rows = int(flush_rows)
@@ -123,15 +125,16 @@ class CKAAccumulator:
             self._allocate(La, Lb, da, db, x.device)
             # Fixed shift = first batch's mean: CKA (both forms) is shift-invariant, and sums of
             # nearly centred rows do not cancel catastrophically at the end.
-            self.mux = x.to(torch.float64).mean(1, keepdim=True).to(cd)
-            self.muy = y.to(torch.float64).mean(1, keepdim=True).to(cd)
+            self.mux = x.to(torch.float64).mean(1, keepdim=True)
+            self.muy = y.to(torch.float64).mean(1, keepdim=True)
         elif self.shape != (La, Lb, da, db):
             raise ValueError(f"batch shapes {(La, Lb, da, db)} differ from the first batch's {self.shape}")
 
-        # One shifted copy in compute_dtype feeds the GEMMs; every other statistic is taken from
-        # the same values in float64, so all statistics describe exactly the same data.
-        xc = x.to(cd) - self.mux
-        yc = y.to(cd) - self.muy
+        # Shift in float64 (a large offset cancels before any rounding), then one copy in
+        # compute_dtype feeds the GEMMs; every other statistic is taken from the same (rounded)
+        # values in float64, so all statistics describe exactly the same data.
+        xc = (x.to(torch.float64) - self.mux).to(cd)
+        yc = (y.to(torch.float64) - self.muy).to(cd)
 
         # Cross terms: La batched GEMMs (each Lb x (da x b) @ (b x db)), written in place.
         target = self.C if self._Cpart is None else self._Cpart
@@ -243,7 +246,7 @@ def cka_matrix(Xs, Ys, debiased: bool = False, chunk_size: int = 8192) -> torch.
     Lb, ny, gety = _rows(Ys, "Ys")
     if n != ny:
         raise ValueError(f"Xs and Ys must have the same rows, got {n} and {ny}")
-    acc = CKAAccumulator(debiased=debiased)
+    acc = CKAAccumulator(debiased=debiased, compute_dtype=torch.float64)
     for start in range(0, n, chunk_size):
         s = slice(start, min(n, start + chunk_size))
         acc.update(getx(s), gety(s))

@@ -31,7 +31,6 @@ corrupt k-NN neighbour sets; they still count in the streamed CKA.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +38,8 @@ import torch
 
 from reasoning_embed.errors import TokenizerMismatchError
 
-from .cka_stream import CKAAccumulator
+from .cka_blocked import BlockedCKA, TensorSource, cka_matrix_blocked
+from .feature_cache import extract_states
 
 LEVELS = ("token", "pooled")
 POOLINGS = ("mean", "last_token", "first")
@@ -64,10 +64,11 @@ def resolve_attention(path: str, requested: str = "auto", revision: str | None =
 
 # ------------------------------------------------------------------------------------- tokenizing
 def tokenize(encoder, texts, max_length: int) -> list[list[int]]:
-    """Token ids per text exactly as the encoder would feed them (its special-token rule, truncation)."""
-    hf = encoder.tokenizer.hf
-    return hf(list(texts), truncation=True, max_length=int(max_length),
-              add_special_tokens=encoder.tokenizer.add_special_tokens)["input_ids"]
+    """Token ids per text exactly as the encoder would feed them (its special-token rule, truncation);
+    an empty text stays empty (it has no row to compare)."""
+    from reasoning_embed.models.encode import token_ids
+
+    return token_ids(encoder.tokenizer, list(texts), None, int(max_length), fill_empty=False)
 
 
 def compare_tokenizers(tok_a, tok_b, ids_a, ids_b) -> dict:
@@ -120,7 +121,7 @@ class Extraction:
     layers_b: list[int]
     d_a: int
     d_b: int
-    cka: CKAAccumulator                  # all kept rows, all selected layer pairs
+    cka: BlockedCKA                      # all kept rows, all selected layer pairs (compute(debiased), n)
     sample_a: torch.Tensor               # La x n_sample x d_a (float32, CPU)
     sample_b: torch.Tensor
     sample_text: torch.Tensor            # n_sample: index into `texts` of each sample row
@@ -136,98 +137,49 @@ class Extraction:
     counts: dict = field(default_factory=dict)
     tokenizers: dict = field(default_factory=dict)
     seconds: float = 0.0
+    cache: dict = field(default_factory=dict)   # per model: the feature-cache entry and whether it was reused
 
 
-def _pad(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    n, s = len(ids), max(len(x) for x in ids)
-    input_ids = torch.full((n, s), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, s), dtype=torch.long)
-    offsets = []
-    for r, x in enumerate(ids):
-        o = s - len(x) if side == "left" else 0
-        input_ids[r, o:o + len(x)] = torch.as_tensor(x, dtype=torch.long)
-        mask[r, o:o + len(x)] = 1
-        offsets.append(o)
-    return input_ids, mask, offsets
-
-
-def _context_keys(ids: list[int], causal: bool, text_key) -> list:
-    """A hashable description of what the model sees at each position (equal keys = equal states)."""
-    if not causal:
-        return [(text_key, p) for p in range(len(ids))]
-    keys, h = [], 0
-    for t in ids:
-        h = hash((h, int(t)))
-        keys.append(h)
-    return keys
-
-
-def _pool_rows(hs: torch.Tensor, mask: torch.Tensor, kept: torch.Tensor, pooling: str) -> torch.Tensor:
-    """hs: L x b x s x d, mask (attended) and kept (analysed) b x s bools -> L x b x d."""
-    if pooling == "mean":
-        w = kept.to(hs.dtype)
-        return torch.einsum("lbsd,bs->lbd", hs, w) / w.sum(1).clamp_min(1)[None, :, None]
-    rows = torch.arange(hs.shape[1], device=hs.device)
-    m = mask.long()
-    if pooling == "last_token":
-        idx = m.shape[1] - 1 - m.flip(1).argmax(1)
-    elif pooling == "first":
-        idx = m.argmax(1)
-    else:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    return hs[:, rows, idx]
-
-
-@torch.no_grad()
-def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str = "mean", max_length: int = 128,
-                     batch_size: int = 16, exclude_special_tokens: bool = True, exclude_first_token: bool = False,
-                     layers=None, max_sample: int = 20000, sample_tokens_per_text: int | None = None,
-                     dedupe_sample: bool = True, probe_layer: int = -1, seed: int = 0, cka_debiased: bool = True,
-                     cka_compute_dtype: torch.dtype = torch.float64, progress: bool = True,
-                     names: tuple[str, str] = ("model_a", "model_b")) -> Extraction:
-    """Run both encoders over ``texts``; see the module docstring. Models are used as they are (eval mode)."""
-    import time
-
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if max_sample < 1:
-        raise ValueError(f"max_sample must be >= 1, got {max_sample}")
-    t0 = time.perf_counter()
-    texts = list(texts)
-    n_texts = len(texts)
+def _tokenize_pair(enc_a, enc_b, texts, level, max_length, names):
+    """Token ids of both models and the tokenizer report; token level needs identical ids."""
     ids_a = tokenize(enc_a, texts, max_length)
     ids_b = tokenize(enc_b, texts, max_length)
-    tok_report = compare_tokenizers(enc_a.tokenizer.hf, enc_b.tokenizer.hf, ids_a, ids_b)
-    same_ids = tok_report["same_ids_on_texts"]
-    if level == "token" and not same_ids:
-        i = tok_report["first_differing_text"]
+    rep = compare_tokenizers(enc_a.tokenizer.hf, enc_b.tokenizer.hf, ids_a, ids_b)
+    if level == "token" and not rep["same_ids_on_texts"]:
+        i = rep["first_differing_text"]
         raise TokenizerMismatchError(
             f"level=token needs the same tokenization in both models, but {names[0]} and {names[1]} tokenize "
-            f"{tok_report['n_texts_differing']} of {n_texts} texts differently (first: text {i}, "
-            f"{len(ids_a[i])} vs {len(ids_b[i])} tokens; vocabularies {tok_report['vocab_size_a']} vs "
-            f"{tok_report['vocab_size_b']} ids, same vocab: {tok_report['same_vocab']}). Token rows cannot be "
+            f"{rep['n_texts_differing']} of {len(texts)} texts differently (first: text {i}, "
+            f"{len(ids_a[i])} vs {len(ids_b[i])} tokens; vocabularies {rep['vocab_size_a']} vs "
+            f"{rep['vocab_size_b']} ids, same vocab: {rep['same_vocab']}). Token rows cannot be "
             f"paired; compare text-level pooled representations instead with level=pooled.")
+    return ids_a, ids_b, rep
 
+
+def _kept_pair(enc_a, enc_b, ids_a, ids_b, same_ids, exclude_special, exclude_first):
     specials_a = set(enc_a.tokenizer.hf.all_special_ids)
     specials_b = set(enc_b.tokenizer.hf.all_special_ids)
     if same_ids:
         specials_a = specials_b = specials_a | specials_b
-    kept_a = [kept_positions(x, specials_a, exclude_special_tokens, exclude_first_token) for x in ids_a]
-    kept_b = [kept_positions(x, specials_b, exclude_special_tokens, exclude_first_token) for x in ids_b]
+    kept_a = [kept_positions(x, specials_a, exclude_special, exclude_first) for x in ids_a]
+    kept_b = [kept_positions(x, specials_b, exclude_special, exclude_first) for x in ids_b]
     text_ok = np.array([len(a) > 0 and len(b) > 0 for a, b in zip(kept_a, kept_b)], dtype=bool)
     if not text_ok.any():
         raise ValueError("no text has a kept token in both models (all excluded or empty)")
+    return kept_a, kept_b, text_ok
 
-    # ---- the sample: texts in a seeded random order, whole (or per-text capped), identical in both models
+
+def _plan_sample(ids_a, ids_b, kept_a, text_ok, level, both_causal, max_sample, sample_tokens_per_text,
+                 dedupe_sample, seed):
+    """The sample: texts in a seeded random order, whole (or per-text capped), identical in both models.
+
+    Returns ``(slots, n_sample, n_dup)`` with ``slots[text] = (offset in the sample, token positions)``.
+    """
     rng = np.random.default_rng(seed)
-    order = rng.permutation(n_texts)
-    both_causal = enc_a.attention == "causal" and enc_b.attention == "causal"
     seen_keys: set = set()
-    slots: dict[int, tuple[int, np.ndarray]] = {}     # text -> (offset, positions in its ids)
+    slots: dict[int, tuple[int, np.ndarray]] = {}
     n_sample = n_dup = 0
-    for t in order:
+    for t in rng.permutation(len(ids_a)):
         if not text_ok[t] or n_sample >= max_sample:
             continue
         if level == "pooled":
@@ -254,119 +206,167 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
             seen_keys.update(keys[p] for p in pos)
         slots[int(t)] = (n_sample, pos)
         n_sample += len(pos)
+    return slots, n_sample, n_dup
 
-    # ---- layer counts and widths from one short forward pass per model
-    first_ok = int(np.flatnonzero(text_ok)[0])
 
-    def shape(enc, ids):
-        x = torch.as_tensor([ids[:8]], device=enc.device)
-        hs = enc.hidden_states(x, torch.ones_like(x))
-        return len(hs), hs[0].shape[-1]
+def _context_keys(ids: list[int], causal: bool, text_key) -> list:
+    """A hashable description of what the model sees at each position (equal keys = equal states)."""
+    if not causal:
+        return [(text_key, p) for p in range(len(ids))]
+    keys, h = [], 0
+    for t in ids:
+        h = hash((h, int(t)))
+        keys.append(h)
+    return keys
 
-    def states(enc, ids, side):
-        input_ids, mask, offs = _pad(ids, enc.tokenizer.hf.pad_token_id, side)
-        hs = enc.hidden_states(input_ids.to(enc.device), mask.to(enc.device))
-        return hs, mask, offs
 
-    (na, d_a), (nb, d_b) = shape(enc_a, ids_a[first_ok]), shape(enc_b, ids_b[first_ok])
-    la, lb = select_layers(na, layers), select_layers(nb, layers)
-    pa, pb = select_layers(na, [probe_layer])[0], select_layers(nb, [probe_layer])[0]
-    La, Lb = len(la), len(lb)
-    sample_a = torch.zeros(La, n_sample, d_a)
-    sample_b = torch.zeros(Lb, n_sample, d_b)
+def _layer_counts(enc, ids) -> tuple[int, int]:
+    """(number of hidden states, width) from one short forward pass."""
+    x = torch.as_tensor([ids[:8]], device=enc.device)
+    hs = enc.hidden_states(x, torch.ones_like(x))
+    return len(hs), hs[0].shape[-1]
+
+
+def _token_rows(states, kept, texts) -> np.ndarray:
+    """Stored row indices of the kept tokens of ``texts`` (in text order)."""
+    parts = [states.offsets[t] + kept[t] for t in texts]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _pooled(states, layer: int, texts, kept, pooling: str, chunk_rows: int = 65536) -> torch.Tensor:
+    """Pooled vector per text (len(texts) x d, float32) of one hidden-state layer, read from the cache:
+    mean over the kept tokens, or the last / first attended token."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    lp = states.layer_pos(layer)
+    off = states.offsets
+    if pooling != "mean":
+        pick = [off[t + 1] - 1 if pooling == "last_token" else off[t] for t in texts]
+        return states.gather(lp, np.asarray(pick, dtype=np.int64))
+    out = torch.empty(len(texts), states.dim)
+    start = 0
+    while start < len(texts):                  # texts in chunks of about chunk_rows kept rows
+        stop, rows = start, 0
+        while stop < len(texts) and (stop == start or rows + len(kept[texts[stop]]) <= chunk_rows):
+            rows += len(kept[texts[stop]])
+            stop += 1
+        part = texts[start:stop]
+        x = states.gather(lp, _token_rows(states, kept, part)).double()
+        seg = torch.from_numpy(np.repeat(np.arange(len(part)), [len(kept[t]) for t in part]))
+        sums = torch.zeros(len(part), states.dim, dtype=torch.float64).index_add_(0, seg, x)
+        counts = torch.as_tensor([max(1, len(kept[t])) for t in part], dtype=torch.float64)
+        out[start:stop] = (sums / counts[:, None]).float()
+        start = stop
+    return out
+
+
+def _analysis_sources(st_a, st_b, la, lb, kept_a, kept_b, texts_ok, level, pooling):
+    """Row sources of the analysed rows: kept tokens read from the cache, or pooled texts in memory."""
+    if level == "token":
+        return (st_a.source(la, _token_rows(st_a, kept_a, texts_ok)),
+                st_b.source(lb, _token_rows(st_b, kept_b, texts_ok)))
+    pa = torch.stack([_pooled(st_a, v, texts_ok, kept_a, pooling) for v in la])
+    pb = torch.stack([_pooled(st_b, v, texts_ok, kept_b, pooling) for v in lb])
+    return TensorSource(pa), TensorSource(pb)
+
+
+def _read_sample(st, layers, slots, n_sample, level, src, texts_ok) -> torch.Tensor:
+    """L x n_sample x d float32: the sample rows (token level: from the cache; pooled: the pooled rows)."""
+    out = torch.zeros(len(layers), n_sample, st.dim)
+    items = sorted(slots.items(), key=lambda kv: kv[1][0])
+    if level == "pooled":
+        where = {t: i for i, t in enumerate(texts_ok)}
+        rows = torch.as_tensor([where[t] for t, _ in items], dtype=torch.long)
+        for k in range(len(layers)):
+            out[k] = src.layers[k][rows]
+        return out
+    stored = np.concatenate([st.offsets[t] + pos for t, (_, pos) in items]) if items else np.zeros(0, np.int64)
+    for k, v in enumerate(layers):
+        out[k] = st.gather(st.layer_pos(v), stored)
+    return out
+
+
+def _sample_index(slots, n_sample):
     sample_text = torch.full((n_sample,), -1, dtype=torch.long)
     sample_pos = torch.full((n_sample,), -1, dtype=torch.long)
-    pooled_a = torch.full((n_texts, d_a), float("nan"))
-    pooled_b = torch.full((n_texts, d_b), float("nan"))
-    max_a, max_b = torch.zeros(La, d_a), torch.zeros(Lb, d_b)
-    first_a, first_b = torch.zeros(La, d_a), torch.zeros(Lb, d_b)
-    acc = CKAAccumulator(debiased=cka_debiased, compute_dtype=cka_compute_dtype)
+    for t, (off, pos) in slots.items():
+        m = len(pos)
+        sample_text[off:off + m] = t
+        sample_pos[off:off + m] = torch.as_tensor(pos)
+    return sample_text, sample_pos
 
-    was = (enc_a.training, enc_b.training)
-    enc_a.eval()
-    enc_b.eval()
-    todo = [int(t) for t in np.flatnonzero(text_ok)]
-    todo.sort(key=lambda t: -len(ids_a[t]))                # longest first: little padding
-    batches = range(0, len(todo), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=f"hrsa {level} features", unit="batch", total=math.ceil(len(todo) / batch_size))
-    reuse = enc_b is enc_a and same_ids and la == lb and pa == pb
-    n_rows = n_nonpad = 0
-    for start in batches:
-        idx = todo[start:start + batch_size]
-        out = {}
-        for tag, enc, ids, kept in (("a", enc_a, ids_a, kept_a), ("b", enc_b, ids_b, kept_b)):
-            if tag == "b" and reuse:                           # the same model object read the same way
-                out["b"] = out["a"]
-                max_b.copy_(max_a)
-                first_b.copy_(first_a)
-                pooled_b[idx] = pooled_a[idx]
-                continue
-            side = enc.tokenizer.hf.padding_side
-            hs, mask, offs = states(enc, [ids[t] for t in idx], side)
-            sel = la if tag == "a" else lb
-            H = torch.stack([hs[i] for i in sel]).float()          # L x b x s x d
-            keep = torch.zeros_like(mask, dtype=torch.bool)
-            for r, t in enumerate(idx):
-                keep[r, torch.as_tensor(kept[t] + offs[r], dtype=torch.long)] = True
-            keep = keep.to(H.device)
-            maskd = mask.to(H.device).bool()
-            out[tag] = (H, keep, maskd, offs)
-            # massive activations: every non-pad token, and first tokens
-            mx = H.abs().masked_fill(~maskd[None, :, :, None], 0).amax(dim=(1, 2)).cpu()
-            first = torch.as_tensor(offs, device=H.device)
-            fx = H[:, torch.arange(len(idx), device=H.device), first].abs().amax(1).cpu()
-            if tag == "a":
-                torch.maximum(max_a, mx, out=max_a)
-                torch.maximum(first_a, fx, out=first_a)
-            else:
-                torch.maximum(max_b, mx, out=max_b)
-                torch.maximum(first_b, fx, out=first_b)
-            pooled = _pool_rows(torch.stack([hs[pa if tag == "a" else pb]]).float(), maskd, keep, pooling)[0].cpu()
-            (pooled_a if tag == "a" else pooled_b)[idx] = pooled
-        Ha, keep_a_m, mask_a, offs_a = out["a"]
-        Hb, keep_b_m, _, offs_b = out["b"]
-        n_nonpad += int(mask_a.sum())
-        if level == "token":
-            xa, xb = Ha[:, keep_a_m], Hb[:, keep_b_m]               # L x rows x d, same rows (same ids)
-            acc.update(xa, xb)
-            n_rows += xa.shape[1]
-            for r, t in enumerate(idx):
-                if t in slots:
-                    off, pos = slots[t]
-                    m = len(pos)
-                    sample_a[:, off:off + m] = Ha[:, r, torch.as_tensor(pos + offs_a[r])].cpu()
-                    sample_b[:, off:off + m] = Hb[:, r, torch.as_tensor(pos + offs_b[r])].cpu()
-                    sample_text[off:off + m] = t
-                    sample_pos[off:off + m] = torch.as_tensor(pos)
-        else:
-            pa_rows = _pool_rows(Ha, mask_a, keep_a_m, pooling)     # L x b x d
-            pb_rows = _pool_rows(Hb, out["b"][2], keep_b_m, pooling)
-            acc.update(pa_rows, pb_rows)
-            n_rows += pa_rows.shape[1]
-            for r, t in enumerate(idx):
-                if t in slots:
-                    off = slots[t][0]
-                    sample_a[:, off] = pa_rows[:, r].cpu()
-                    sample_b[:, off] = pb_rows[:, r].cpu()
-                    sample_text[off] = t
-        del out, Ha, Hb
-    enc_a.train(was[0])
-    enc_b.train(was[1])
+def _model_states(enc, ids, layers, probe, cache_dir, batch_size, storage, progress, name):
+    stored = sorted(set(layers) | {probe})
+    return extract_states(enc, ids, stored, cache_dir=cache_dir, batch_size=batch_size, storage=storage,
+                          progress=progress, name=name)
 
+
+@torch.no_grad()
+def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str = "mean", max_length: int = 128,
+                     batch_size: int = 16, exclude_special_tokens: bool = True, exclude_first_token: bool = False,
+                     layers=None, max_sample: int = 20000, sample_tokens_per_text: int | None = None,
+                     dedupe_sample: bool = True, probe_layer: int = -1, seed: int = 0, cka_debiased: bool = True,
+                     cka_compute_dtype: torch.dtype = torch.float64, progress: bool = True,
+                     names: tuple[str, str] = ("model_a", "model_b"), cache_dir=None, cache_dtype: str = "float32",
+                     memory_budget=None, device=None) -> Extraction:
+    """Run both encoders over ``texts`` (through the feature cache) and compute the streamed CKA; see the
+    module docstring. ``cache_dir=None``: a temporary cache, removed on return. Models are used as they are."""
+    import tempfile
+    import time
+
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if max_sample < 1:
+        raise ValueError(f"max_sample must be >= 1, got {max_sample}")
+    t0 = time.perf_counter()
+    texts = list(texts)
+    ids_a, ids_b, tok_report = _tokenize_pair(enc_a, enc_b, texts, level, max_length, names)
+    kept_a, kept_b, text_ok = _kept_pair(enc_a, enc_b, ids_a, ids_b, tok_report["same_ids_on_texts"],
+                                         exclude_special_tokens, exclude_first_token)
+    both_causal = enc_a.attention == "causal" and enc_b.attention == "causal"
+    slots, n_sample, n_dup = _plan_sample(ids_a, ids_b, kept_a, text_ok, level, both_causal, max_sample,
+                                          sample_tokens_per_text, dedupe_sample, seed)
+    first_ok = int(np.flatnonzero(text_ok)[0])
+    (na, d_a), (nb, d_b) = _layer_counts(enc_a, ids_a[first_ok]), _layer_counts(enc_b, ids_b[first_ok])
+    la, lb = select_layers(na, layers), select_layers(nb, layers)
+    pa, pb = select_layers(na, [probe_layer])[0], select_layers(nb, [probe_layer])[0]
+    texts_ok = [int(t) for t in np.flatnonzero(text_ok)]
+    with tempfile.TemporaryDirectory(prefix="hrsa_features_") as tmp:
+        root = cache_dir if cache_dir is not None else tmp
+        st_a = _model_states(enc_a, ids_a, la, pa, root, batch_size, cache_dtype, progress, names[0])
+        st_b = _model_states(enc_b, ids_b, lb, pb, root, batch_size, cache_dtype, progress, names[1])
+        src_a, src_b = _analysis_sources(st_a, st_b, la, lb, kept_a, kept_b, texts_ok, level, pooling)
+        cka = cka_matrix_blocked(src_a, src_b, debiased=cka_debiased, memory_budget=memory_budget,
+                                 compute_dtype=cka_compute_dtype, device=device, progress=progress)
+        sample_a = _read_sample(st_a, la, slots, n_sample, level, src_a, texts_ok)
+        sample_b = _read_sample(st_b, lb, slots, n_sample, level, src_b, texts_ok)
+        pooled_a = torch.full((len(texts), d_a), float("nan"))
+        pooled_b = torch.full((len(texts), d_b), float("nan"))
+        pooled_a[texts_ok] = _pooled(st_a, pa, texts_ok, kept_a, pooling)
+        pooled_b[texts_ok] = _pooled(st_b, pb, texts_ok, kept_b, pooling)
+        pos_a, pos_b = [st_a.layer_pos(v) for v in la], [st_b.layer_pos(v) for v in lb]
+        maxima = (st_a.max_abs[pos_a], st_b.max_abs[pos_b], st_a.max_abs_first[pos_a], st_b.max_abs_first[pos_b])
+        cache = {"model_a": {"entry": str(st_a.path) if cache_dir is not None else None, "reused": st_a.reused},
+                 "model_b": {"entry": str(st_b.path) if cache_dir is not None else None, "reused": st_b.reused},
+                 "dtype": cache_dtype, "memory_budget": str(memory_budget) if memory_budget else None,
+                 "plan": cka.plan.describe()}
+        st_a.file.close()
+        st_b.file.close()
+    sample_text, sample_pos = _sample_index(slots, n_sample)
     counts = {
-        "texts": n_texts, "texts_used": int(text_ok.sum()), "texts_without_kept_tokens": int((~text_ok).sum()),
-        "tokens_nonpad": n_nonpad,
-        "tokens_kept": int(sum(len(kept_a[t]) for t in todo)),
-        "tokens_kept_b": int(sum(len(kept_b[t]) for t in todo)),
-        "rows_streamed": n_rows, "sample_rows": n_sample, "sample_texts": len(slots),
+        "texts": len(texts), "texts_used": len(texts_ok), "texts_without_kept_tokens": int((~text_ok).sum()),
+        "tokens_nonpad": int(sum(len(ids_a[t]) for t in texts_ok)),
+        "tokens_kept": int(sum(len(kept_a[t]) for t in texts_ok)),
+        "tokens_kept_b": int(sum(len(kept_b[t]) for t in texts_ok)),
+        "rows_streamed": cka.n, "sample_rows": n_sample, "sample_texts": len(slots),
         "sample_duplicates_skipped": n_dup, "max_sample": int(max_sample),
         "sample_tokens_per_text": sample_tokens_per_text,
     }
-    return Extraction(level=level, pooling=pooling, layers_a=la, layers_b=lb, d_a=d_a, d_b=d_b, cka=acc,
+    return Extraction(level=level, pooling=pooling, layers_a=la, layers_b=lb, d_a=d_a, d_b=d_b, cka=cka,
                       sample_a=sample_a, sample_b=sample_b, sample_text=sample_text, sample_pos=sample_pos,
                       pooled_a=pooled_a, pooled_b=pooled_b, probe_layer=(pa, pb), text_ok=torch.from_numpy(text_ok),
-                      max_abs_a=max_a, max_abs_b=max_b, max_abs_first_a=first_a, max_abs_first_b=first_b,
-                      counts=counts, tokenizers=tok_report, seconds=time.perf_counter() - t0)
+                      max_abs_a=maxima[0], max_abs_b=maxima[1], max_abs_first_a=maxima[2], max_abs_first_b=maxima[3],
+                      counts=counts, tokenizers=tok_report, seconds=time.perf_counter() - t0, cache=cache)

@@ -1,0 +1,373 @@
+"""All-pairs linear CKA (biased and debiased) within a memory budget, in layer blocks and row chunks.
+
+:class:`~reasoning_embed.hrsa.CKAAccumulator` holds the ``La x Lb x da x db`` cross-products of every
+layer pair at once: 16 GB of float64 for two 29-layer models of width 1536. This engine computes the
+same matrix from row *sources* it can read again (the feature cache on disk, or tensors), holding
+only what ``memory_budget`` allows:
+
+1. **means pass** (one read of each model): float64 column means ``m_i``, ``p_j`` of every layer;
+2. **self pass** (one read of each model, in blocks of layers): ``Sxc_i = sum_t (x_t - m_i)(x_t - m_i)^T``
+   per layer, reduced at once to the scalars the CKA needs (``||Sxc||_F^2``, and for the debiased
+   form ``sum_t a_t``, ``sum_t a_t^2`` with ``a_t = ||x_t - m_i||^2``);
+3. **cross passes** (one per block pair): ``Cc_ij = sum_t (x_it - m_i)(y_jt - p_j)^T`` for a block of
+   A layers x a block of B layers, reduced at once to ``||Cc_ij||_F^2`` and ``sum_t a_it b_jt``.
+
+Rows are centred with the exact means before any product (in float64, then cast), so row offsets
+of any size cancel before the GEMMs; the GEMMs run in ``compute_dtype``: float32 by default (the
+fast path: each row chunk's product is added into the float64 sums at once) or float64. From the
+reduced statistics (Kornblith et al.'s feature-space form of the unbiased HSIC for the debiased
+estimator):
+
+    biased   = ||Cc||^2 / (||Sxc|| ||Syc||)
+    debiased = h(Cc) / sqrt(h(Sxc) h(Syc)),  h(M) = ||M||^2 - n/(n-2) sum_t a_t b_t + (sum a)(sum b)/((n-1)(n-2))
+
+A block pair's state is ``|Ia| |Jb| da db`` float64s plus one row chunk of both blocks; :func:`plan_blocks` picks the blocks and the chunk so that this
+fits the budget with the fewest passes over the sources. The same code runs on a CUDA device
+(``device=``): sources are read on the CPU, chunks moved to the device.
+
+The tests check equality with :class:`CKAAccumulator` (float64) to 1e-10 relative for every
+blocking, and bound the float32 path against float64 on inputs with massive activations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+__all__ = ["RowSource", "TensorSource", "BlockPlan", "BlockedCKA", "parse_budget", "plan_blocks",
+           "cka_matrix_blocked", "gemm_gflops"]
+
+_UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
+          "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+def parse_budget(budget) -> int | None:
+    """``"4GB"``, ``"512MiB"``, ``2e9`` or ``None`` (no limit) -> bytes."""
+    if budget is None or (isinstance(budget, str) and budget.strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(budget, (int, float)):
+        value = int(budget)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(budget))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ValueError(f"memory_budget must look like 4GB, 512MB or 2GiB (or null), got {budget!r}")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"memory_budget must be positive, got {budget!r}")
+    return value
+
+
+class RowSource(Protocol):
+    """Rows (tokens or texts) of every layer of one model, readable again in chunks."""
+
+    n_layers: int
+    n_rows: int
+    dim: int
+
+    def read(self, layer: int, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of layer ``layer`` (``rows x dim``, any float dtype, CPU)."""
+
+
+class TensorSource:
+    """A ``L x n x d`` tensor (or a list of ``n x d`` tensors) as a :class:`RowSource`."""
+
+    def __init__(self, x):
+        if isinstance(x, torch.Tensor) and x.ndim == 2:
+            x = x.unsqueeze(0)
+        self.layers = list(x)
+        if len({t.shape for t in self.layers}) != 1:
+            raise ValueError("all layers must have the same shape (rows x dim)")
+        self.n_layers = len(self.layers)
+        self.n_rows, self.dim = self.layers[0].shape
+
+    def read(self, layer: int, start: int, stop: int) -> torch.Tensor:
+        return self.layers[layer][start:stop]
+
+
+# ------------------------------------------------------------------------------------------ plan
+@dataclass
+class BlockPlan:
+    blocks_a: list[list[int]]
+    blocks_b: list[list[int]]
+    self_block_a: int                 # layers per block in the self pass
+    self_block_b: int
+    row_chunk: int
+    compute_dtype: torch.dtype
+    budget: int | None
+    state_bytes: int                  # peak bytes of statistics + chunk buffers (the budgeted part)
+    flops: float                      # multiply-adds x 2 of the GEMMs
+    reads: dict = field(default_factory=dict)     # passes over each source
+    est_seconds: float | None = None
+
+    def describe(self) -> str:
+        gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+        pairs = len(self.blocks_a) * len(self.blocks_b)
+        return (f"CKA plan: {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
+                f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers, {pairs} block pairs), row chunks of "
+                f"{self.row_chunk}, {self.compute_dtype} GEMMs; passes over the features: model A "
+                f"{self.reads['a']}, model B {self.reads['b']}; memory {gb(self.state_bytes)}"
+                f" of budget {gb(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
+                + (f", estimated {self.est_seconds:.0f} s" if self.est_seconds is not None else ""))
+
+
+def _split(L: int, size: int) -> list[list[int]]:
+    n = math.ceil(L / size)
+    base, extra = divmod(L, n)                      # balanced blocks
+    out, s = [], 0
+    for k in range(n):
+        e = s + base + (k < extra)
+        out.append(list(range(s, e)))
+        s = e
+    return out
+
+
+def _nbytes(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def plan_blocks(La: int, Lb: int, da: int, db: int, n: int, budget=None, compute_dtype=torch.float32,
+                storage_bytes: int = 4, row_chunk: int | None = None, block_a: int | None = None,
+                block_b: int | None = None, gflops: float | None = None) -> BlockPlan:
+    """Layer blocks and row chunk that fit ``budget`` (bytes or ``"4GB"``; ``None``: one block).
+
+    Cost model (bytes): a block pair holds ``|Ia| |Jb| da db`` float64 sums, one ``da x db``
+    product in ``compute_dtype``, and a row chunk of both blocks in ``compute_dtype`` plus one
+    layer's chunk as read and in float64. Among the blockings that fit, the one with the least
+    data read (sum over passes of rows x layers x width) wins; ties go to larger row chunks.
+    ``block_a``/``block_b``/``row_chunk`` force a blocking (tests, benchmarks).
+    """
+    budget_b = parse_budget(budget)
+    cb = _nbytes(compute_dtype)
+    acc_b = 8
+
+    def chunk_bytes(ba, bb, r):
+        return r * ((ba * da + bb * db) * cb + max(da, db) * (storage_bytes + 8) + 8 * (ba + bb))
+
+    def cross_bytes(ba, bb, r):
+        return ba * bb * da * db * acc_b + da * db * cb + chunk_bytes(ba, bb, r) + 8 * La * Lb
+
+    def self_bytes(s, d, r):
+        return s * d * d * acc_b + d * d * cb + r * (s * d * cb + d * (storage_bytes + 8))
+
+    n_eff = max(1, n)
+    chunks = [row_chunk] if row_chunk else sorted({min(c, n_eff) for c in (8192, 4096, 2048, 1024, 512, 256, 128, 64, 16)},
+                                                  reverse=True)
+    best = None
+    for ba in ([block_a] if block_a else range(La, 0, -1)):
+        for bb in ([block_b] if block_b else range(Lb, 0, -1)):
+            nA, nB = math.ceil(La / ba), math.ceil(Lb / bb)
+            for r in chunks:
+                if budget_b is not None and cross_bytes(ba, bb, r) > budget_b and not (block_a and block_b):
+                    continue
+                volume = nB * La * da + nA * Lb * db
+                key = (volume, -r)
+                if best is None or key < best[0]:
+                    best = (key, ba, bb, r)
+                break                                   # the largest chunk that fits for this blocking
+    if best is None:
+        need = cross_bytes(1, 1, chunks[-1])
+        raise ValueError(f"memory_budget {budget!r} is too small for one layer pair of widths {da} x {db}: "
+                         f"at least {need / 1e6:.1f} MB is needed")
+    _, ba, bb, r = best
+
+    def self_block(L, d):
+        for s in range(L, 0, -1):
+            if budget_b is None or self_bytes(s, d, r) <= budget_b:
+                return s
+        return 1
+
+    sa, sb = self_block(La, da), self_block(Lb, db)
+    blocks_a, blocks_b = _split(La, ba), _split(Lb, bb)
+    ba, bb = len(blocks_a[0]), len(blocks_b[0])
+    state = max(cross_bytes(ba, bb, r), self_bytes(sa, da, r), self_bytes(sb, db, r))
+    flops = 2.0 * n * (La * Lb * da * db + La * da * da + Lb * db * db)
+    plan = BlockPlan(blocks_a=blocks_a, blocks_b=blocks_b, self_block_a=sa, self_block_b=sb, row_chunk=r,
+                     compute_dtype=compute_dtype, budget=budget_b, state_bytes=int(state), flops=flops,
+                     reads={"a": 2 + len(blocks_b), "b": 2 + len(blocks_a)})
+    if gflops:
+        plan.est_seconds = flops / (gflops * 1e9)
+    return plan
+
+
+def gemm_gflops(dtype=torch.float32, device="cpu", d: int = 512, rows: int = 2048, repeats: int = 3) -> float:
+    """Measured GFLOP/s of one ``rows x d x d`` GEMM (for the plan's time estimate)."""
+    dev = torch.device(device)
+    a = torch.randn(rows, d, dtype=dtype, device=dev)
+    c = torch.zeros(d, d, dtype=dtype, device=dev)
+    c.addmm_(a.T, a)
+    best = float("inf")
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        c.addmm_(a.T, a)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * rows * d * d / max(best, 1e-9) / 1e9
+
+
+# ---------------------------------------------------------------------------------------- engine
+class BlockedCKA:
+    """The result of :func:`cka_matrix_blocked`, with the interface of a finished CKAAccumulator
+    (``compute(debiased)``, ``n``, ``track_debiased``)."""
+
+    def __init__(self, biased: torch.Tensor, debiased: torch.Tensor | None, n: int, plan: BlockPlan,
+                 seconds: float):
+        self._biased, self._debiased = biased, debiased
+        self.n, self.plan, self.seconds = n, plan, seconds
+        self.track_debiased = debiased is not None
+
+    def compute(self, debiased: bool = False) -> torch.Tensor:
+        if not debiased:
+            return self._biased.clone()
+        if self._debiased is None:
+            raise ValueError("this CKA was computed with debiased=False")
+        if self.n <= 3:
+            raise ValueError(f"the unbiased HSIC estimator needs n > 3 rows; got n={self.n}")
+        return self._debiased.clone()
+
+
+def _chunks(n: int, size: int):
+    for s in range(0, n, size):
+        yield s, min(n, s + size)
+
+
+def _means(src: RowSource, chunk: int, device) -> torch.Tensor:
+    out = torch.zeros(src.n_layers, src.dim, dtype=torch.float64, device=device)
+    for s, e in _chunks(src.n_rows, chunk):
+        for layer in range(src.n_layers):
+            out[layer] += src.read(layer, s, e).to(device=device, dtype=torch.float64).sum(0)
+    return out / max(1, src.n_rows)
+
+
+def _centred(src: RowSource, layers, s, e, mean, cd, device, want_norms: bool):
+    """Rows s:e of ``layers``, centred in float64, as one ``compute_dtype`` stack (+ squared norms)."""
+    x = torch.empty(len(layers), e - s, src.dim, dtype=cd, device=device)
+    a = torch.empty(len(layers), e - s, dtype=torch.float64, device=device) if want_norms else None
+    for k, layer in enumerate(layers):
+        x[k] = src.read(layer, s, e).to(device=device, dtype=torch.float64) - mean[layer]
+        if want_norms:                              # from the values the GEMMs see: one consistent data set
+            a[k] = x[k].to(torch.float64).square().sum(1)
+    return x, a
+
+
+class _Sums:
+    """float64 sums of GEMM products; in the fast path each chunk's product is formed in ``cd`` and added at once
+    (no long float32 running sums: their rounding would grow with the number of chunks)."""
+
+    def __init__(self, shape, cd, device):
+        self.total = torch.zeros(*shape, dtype=torch.float64, device=device)
+        self.tmp = torch.empty(*shape[-2:], dtype=cd, device=device) if cd != torch.float64 else None
+
+    def addmm(self, index, a, b) -> None:
+        if self.tmp is None:
+            self.total[index].addmm_(a, b)
+        else:
+            torch.mm(a, b, out=self.tmp)
+            self.total[index] += self.tmp
+
+
+def _self_terms(src, mean, block, chunk, cd, device, debiased, bar):
+    """Per layer: ||Sxc||_F^2, sum_t a_t, sum_t a_t^2."""
+    L = src.n_layers
+    hh, sa, saa = (torch.zeros(L, dtype=torch.float64, device=device) for _ in range(3))
+    for layers in _split(L, block):
+        S = _Sums((len(layers), src.dim, src.dim), cd, device)
+        for s, e in _chunks(src.n_rows, chunk):
+            x, a = _centred(src, layers, s, e, mean, cd, device, debiased)
+            for k in range(len(layers)):
+                S.addmm(k, x[k].T, x[k])
+            if debiased:
+                sa[layers] += a.sum(1)
+                saa[layers] += (a * a).sum(1)
+            del x, a
+            if bar is not None:
+                bar.update(e - s)
+        hh[layers] = torch.linalg.matrix_norm(S.total) ** 2
+        del S
+    return hh, sa, saa
+
+
+def _cross_terms(src_a, src_b, ma, mb, plan, cd, device, debiased, bar):
+    """||Cc_ij||_F^2 and sum_t a_it b_jt for every layer pair, block pair by block pair."""
+    La, Lb, n = src_a.n_layers, src_b.n_layers, src_a.n_rows
+    num = torch.zeros(La, Lb, dtype=torch.float64, device=device)
+    ab = torch.zeros(La, Lb, dtype=torch.float64, device=device)
+    for Ia in plan.blocks_a:
+        for Jb in plan.blocks_b:
+            C = _Sums((len(Ia), len(Jb), src_a.dim, src_b.dim), cd, device)
+            for s, e in _chunks(n, plan.row_chunk):
+                x, a = _centred(src_a, Ia, s, e, ma, cd, device, debiased)
+                y, b = _centred(src_b, Jb, s, e, mb, cd, device, debiased)
+                for i in range(len(Ia)):
+                    xt = x[i].T
+                    for j in range(len(Jb)):
+                        C.addmm((i, j), xt, y[j])
+                if debiased:
+                    ab[Ia[0]:Ia[-1] + 1, Jb[0]:Jb[-1] + 1] += a @ b.T
+                del x, y, a, b
+                if bar is not None:
+                    bar.update(e - s)
+            num[Ia[0]:Ia[-1] + 1, Jb[0]:Jb[-1] + 1] = torch.linalg.matrix_norm(C.total) ** 2
+            del C
+    return num, ab
+
+
+def _ratio(num, den2):
+    out = num / torch.sqrt(den2.clamp_min(0))
+    return torch.where(den2 > 0, out, torch.full_like(out, float("nan")))
+
+
+@torch.no_grad()
+def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=None,
+                       compute_dtype: torch.dtype = torch.float32, device=None, plan: BlockPlan | None = None, progress: bool = False, log=None) -> BlockedCKA:
+    """Biased (and debiased) linear CKA of all La x Lb layer pairs within ``memory_budget``.
+
+    ``src_a``/``src_b``: :class:`RowSource` (e.g. a feature-cache reader) or ``L x n x d`` tensors.
+    ``compute_dtype``: float32 (default, float64 accumulation) or float64. ``log``: a callable
+    that receives the plan's description before the work starts (default: the module logger).
+    """
+    import logging
+
+    src_a = src_a if hasattr(src_a, "read") else TensorSource(src_a)
+    src_b = src_b if hasattr(src_b, "read") else TensorSource(src_b)
+    if src_a.n_rows != src_b.n_rows:
+        raise ValueError(f"the two sources must hold the same rows, got {src_a.n_rows} and {src_b.n_rows}")
+    n = src_a.n_rows
+    if n < 2:
+        raise ValueError(f"CKA needs at least 2 rows; got n={n}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cd = compute_dtype
+    if plan is None:
+        plan = plan_blocks(src_a.n_layers, src_b.n_layers, src_a.dim, src_b.dim, n, memory_budget, cd,
+                           storage_bytes=getattr(src_a, "storage_bytes", 4), gflops=gemm_gflops(cd, dev))
+    (log or logging.getLogger("reasoning_embed.hrsa").info)(plan.describe())
+    debiased = bool(debiased and n > 3)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = n * (2 + len(plan.blocks_a) * len(plan.blocks_b))
+        bar = tqdm(total=total, desc="hrsa CKA blocks", unit="row", unit_scale=True)
+    chunk = plan.row_chunk
+    ma, mb = _means(src_a, chunk, dev), _means(src_b, chunk, dev)
+    hx, sa, saa = _self_terms(src_a, ma, plan.self_block_a, chunk, cd, dev, debiased, bar)
+    hy, sb, sbb = _self_terms(src_b, mb, plan.self_block_b, chunk, cd, dev, debiased, bar)
+    num, ab = _cross_terms(src_a, src_b, ma, mb, plan, cd, dev, debiased, bar)
+    if bar is not None:
+        bar.close()
+    biased = _ratio(num, hx[:, None] * hy[None, :]).cpu()
+    unbiased = None
+    if debiased:
+        c1, c2 = n / (n - 2.0), 1.0 / ((n - 1.0) * (n - 2.0))
+        num_u = num - c1 * ab + c2 * sa[:, None] * sb[None, :]
+        hx_u, hy_u = hx - c1 * saa + c2 * sa * sa, hy - c1 * sbb + c2 * sb * sb
+        unbiased = _ratio(num_u, hx_u[:, None] * hy_u[None, :]).cpu()
+    return BlockedCKA(biased, unbiased, n, plan, time.perf_counter() - t0)
