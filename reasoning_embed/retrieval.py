@@ -1,39 +1,106 @@
 """Exact dense retrieval and its metrics, shared by training-time validation and the local eval tasks.
 
-Search is exact inner product (embeddings are L2-normalised, so cosine): faiss ``IndexFlatIP`` on CPU,
-chunked torch matmul + top-k on GPU. Metrics come from torchmetrics; relevant documents that the top-k
+Search (:class:`Searcher`, the one search of the project: validation, the mteb adapter and mining) is inner
+product (embeddings are L2-normalised, so cosine): exact with faiss ``IndexFlatIP`` on CPU or a chunked
+torch matmul + top-k on GPU, approximate with faiss IVF for corpora of millions. Metrics come from torchmetrics; relevant documents that the top-k
 missed are appended below the cut-off so recall and nDCG see every relevant document.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 
-def exact_search(queries: torch.Tensor, corpus: torch.Tensor, k: int, backend: str = "auto",
-                 chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` inner-product neighbours of each query: (scores, indices), both n_q x k."""
-    k = min(k, corpus.shape[0])
-    if backend == "auto":
-        backend = "torch" if queries.is_cuda else "faiss"
-    if backend == "faiss":
+INDEXES = ("flat", "ivf", "torch")
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Searcher:
+    """Top-k inner-product search over a fixed passage table, queried in chunks: the project's one search.
+
+    ``flat`` is exact (faiss ``IndexFlatIP``); ``ivf`` (faiss ``IndexIVFFlat``, inner product) is approximate
+    and only worth it for corpora of millions; ``torch`` is a chunked matmul + top-k on the passages' device
+    (the GPU path). ``search`` answers in the kind it is asked in: numpy queries get numpy arrays, torch
+    queries get CPU torch tensors (scores float32, indices int64)."""
+
+    def __init__(self, passages, index: str = "flat", ivf_nlist: int | None = None, ivf_nprobe: int = 32,
+                 ivf_train_size: int = 100_000, device: str | torch.device | None = None, seed: int = 0,
+                 torch_chunk: int = 1024):
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+        self.kind, self.n = index, int(passages.shape[0])
+        self.torch_chunk = torch_chunk
+        if index == "torch":
+            if isinstance(passages, torch.Tensor):
+                self.passages = passages.detach().float().to(device or passages.device)
+            else:
+                self.passages = torch.from_numpy(np.array(passages, dtype=np.float32)).to(device or "cpu")
+            return
         import faiss
 
-        index = faiss.IndexFlatIP(corpus.shape[1])
-        index.add(np.ascontiguousarray(corpus.detach().float().cpu().numpy()))
-        scores, idx = index.search(np.ascontiguousarray(queries.detach().float().cpu().numpy()), k)
-        return torch.from_numpy(scores), torch.from_numpy(idx).long()
-    if backend != "torch":
+        x = _as_numpy(passages)
+        d = x.shape[1]
+        if index == "flat":
+            self.index = faiss.IndexFlatIP(d)
+        else:
+            nlist = ivf_nlist or max(1, min(self.n // 39, int(4 * math.sqrt(self.n))))
+            quantizer = faiss.IndexFlatIP(d)
+            self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            sample = x if self.n <= ivf_train_size else x[np.sort(rng.choice(self.n, ivf_train_size, replace=False))]
+            self.index.train(sample)
+            self.index.nprobe = min(ivf_nprobe, nlist)
+            self._quantizer = quantizer  # keep alive
+        self.index.add(x)
+
+    def search(self, queries, k: int):
+        """(scores, indices), both n_q x k, best first; k is capped at the table size."""
+        k = min(k, self.n)
+        as_torch = isinstance(queries, torch.Tensor)
+        if self.kind == "torch":
+            q_all = queries if as_torch else torch.from_numpy(np.array(queries, dtype=np.float32))
+            scores, idx = [], []
+            for start in range(0, q_all.shape[0], self.torch_chunk):
+                q = q_all[start:start + self.torch_chunk].to(self.passages.device).float()
+                s, i = torch.topk(q @ self.passages.T, k, dim=1)
+                scores.append(s.cpu())
+                idx.append(i.cpu())
+            s = torch.cat(scores) if scores else torch.zeros(0, k)
+            i = torch.cat(idx) if idx else torch.zeros(0, k, dtype=torch.long)
+            return (s, i) if as_torch else (s.numpy(), i.numpy())
+        s, i = self.index.search(_as_numpy(queries), k)
+        return (torch.from_numpy(s), torch.from_numpy(i).long()) if as_torch else (s, i)
+
+
+def exact_search(queries: torch.Tensor, corpus: torch.Tensor, k: int, backend: str = "auto",
+                 chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` inner-product neighbours of each query: (scores, indices), both n_q x k, on CPU.
+    ``backend``: ``faiss`` (flat index), ``torch``, or ``auto`` (torch for CUDA queries, else faiss)."""
+    if backend == "auto":
+        backend = "torch" if queries.is_cuda else "faiss"
+    if backend not in ("faiss", "torch"):
         raise ValueError(f"search backend must be auto, faiss or torch, got {backend!r}")
-    scores, idx = [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        s, i = torch.topk(queries[start:start + chunk_size].float() @ corpus.float().T, k, dim=1)
-        scores.append(s.cpu())
-        idx.append(i.cpu())
-    return torch.cat(scores), torch.cat(idx)
+    return Searcher(corpus, "flat" if backend == "faiss" else "torch", torch_chunk=chunk_size).search(queries, k)
+
+
+def merge_topk(best: tuple[torch.Tensor, torch.Tensor] | None, new: tuple[torch.Tensor, torch.Tensor],
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-k of a corpus searched in chunks: merge ``best`` with a chunk's (scores, global
+    indices). Still exact: every document is in some chunk's top-k or in no overall top-k."""
+    if best is None:
+        return new
+    s, i = torch.cat([best[0], new[0]], 1), torch.cat([best[1], new[1]], 1)
+    s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)
+    return s, torch.gather(i, 1, pos)
 
 
 @dataclass

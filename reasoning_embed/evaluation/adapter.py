@@ -164,7 +164,7 @@ class MtebEncoderAdapter:
                top_ranked: dict | None = None, num_proc: int | None = None, **kwargs: Any) -> dict:
         from mteb.types import PromptType
 
-        from reasoning_embed.retrieval import exact_search
+        from reasoning_embed.retrieval import exact_search, merge_topk
 
         if self._corpus is None:
             raise RuntimeError("search() called before index()")
@@ -179,22 +179,16 @@ class MtebEncoderAdapter:
                                                      encode_kwargs, num_proc))
             self._rerank(q, d, qids, ids, top_ranked, top_k, results)
         else:
-            best_s = best_i = None
+            best = None
             for start in range(0, n_docs, self.corpus_chunk_size):
                 chunk = corpus.select(range(start, min(start + self.corpus_chunk_size, n_docs)))
                 d = self._on_device(self._encode_dataset(chunk, task_metadata, hf_split, hf_subset,
                                                          PromptType.document, encode_kwargs, num_proc))
                 s, i = exact_search(q, d, top_k, self.search_backend)
-                i = i + start
-                if best_s is None:
-                    best_s, best_i = s, i
-                else:  # merge the running top-k with this chunk's: still exact
-                    s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
-                    best_s, pos = torch.topk(s, min(top_k, s.shape[1]), dim=1)
-                    best_i = torch.gather(i, 1, pos)
-            if best_s is not None:
+                best = merge_topk(best, (s, i + start), top_k)
+            if best is not None:
                 for row, qid in enumerate(qids):
-                    results[qid] = {ids[j]: float(v) for v, j in zip(best_s[row].tolist(), best_i[row].tolist())}
+                    results[qid] = {ids[j]: float(v) for v, j in zip(best[0][row].tolist(), best[1][row].tolist())}
         self._corpus, self._corpus_ids = None, []
         return results
 

@@ -48,7 +48,7 @@ from reasoning_embed.data.jsonl import iter_json_lines
 from reasoning_embed.data.jsonl import data_files, read_jsonl
 from reasoning_embed.errors import DataFormatError, ReasoningEmbedError
 from reasoning_embed.mining.reference import Reference
-from reasoning_embed.mining.search import Searcher
+from reasoning_embed.retrieval import Searcher
 from reasoning_embed.mining.store import content_key, embed_table
 from reasoning_embed.utils.io import atomic_write_json
 
