@@ -30,25 +30,7 @@ def load_probe_texts(path: str | None, val_sets, n_probe: int, train_rows=None) 
     Without validation sets, the first training rows stand in (logged: they are not held out)."""
     texts, instructions = [], []
     if path:
-        p = Path(path)
-        with open(p, encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                if p.suffix == ".jsonl":
-                    row = json.loads(line)
-                    if "query" in row:
-                        instructions.append(row["query"][0] or None)
-                        texts.append(row["query"][1])
-                        texts.append(row["pos"][0])
-                        instructions.append(None)
-                    else:
-                        texts.append(row["text"])
-                        instructions.append(None)
-                else:
-                    texts.append(line)
-                    instructions.append(None)
+        texts, instructions = read_probe_file(path)
         return texts[:n_probe], instructions[:n_probe]
     if not val_sets and train_rows:
         log.warning("HRSA probe set: no held-out data (data.val is empty), using the first %d training rows; "
@@ -66,6 +48,37 @@ def load_probe_texts(path: str | None, val_sets, n_probe: int, train_rows=None) 
         texts += vs.corpus[:per_set]
         instructions += [None] * min(per_set, len(vs.corpus))
     return texts[:n_probe], instructions[:n_probe]
+
+
+def read_probe_file(path: str | Path) -> tuple[list[str], list[str | None]]:
+    """Texts and instructions of a probe file: JSONL rows in the training format (the query with its
+    instruction, then the first positive) or ``{"text": ...}``, or else one text per line. A malformed row
+    stops with file, line and key."""
+    from reasoning_embed.data.jsonl import iter_json_lines, parse_row, text_lines
+    from reasoning_embed.errors import DataFormatError
+
+    p = Path(path)
+    texts, instructions = [], []
+    if p.suffix != ".jsonl":
+        if not p.is_file():
+            raise DataFormatError(p, None, None, "file not found")
+        for _, line in text_lines(p):
+            if line.strip():
+                texts.append(line.rstrip("\n"))
+                instructions.append(None)
+        return texts, instructions
+    for lineno, obj in iter_json_lines(p, hint='expected a training row or {"text": ...}'):
+        if "query" in obj:
+            row = parse_row(obj, p, lineno)
+            texts += [row.query, row.pos[0]]
+            instructions += [row.instruction or None, None]
+        elif isinstance(obj.get("text"), str) and obj["text"].strip():
+            texts.append(obj["text"])
+            instructions.append(None)
+        else:
+            raise DataFormatError(p, lineno, "text", "missing or not a non-empty string; expected "
+                                  '{"text": ...} or a training row {"query": [instruction, text], "pos": [...]}')
+    return texts, instructions
 
 
 def save_features(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
@@ -125,7 +138,9 @@ class HRSACallback(L.Callback):
                                                          dataset.rows if dataset is not None else None)
         jsonl = self._dir(trainer) / "realignment.jsonl"
         if jsonl.exists():  # resuming: keep the history, reload step-0 features
-            self.records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+            from reasoning_embed.data.jsonl import iter_json_lines
+
+            self.records = [obj for _, obj in iter_json_lines(jsonl)]
             self._done_steps = {r["step"] for r in self.records}
             init_path = self._dir(trainer) / "features" / "step_0.safetensors"
             if init_path.exists():
