@@ -25,12 +25,13 @@ domain's) unless the instruction table has an entry for its name.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from reasoning_embed.data.jsonl import read_jsonl
+from reasoning_embed.errors import DataFormatError
 from reasoning_embed.evaluation.errors import EvaluationConfigError
 
 log = logging.getLogger("reasoning_embed.evaluation")
@@ -139,7 +140,7 @@ def _camel(stem: str) -> str:
 def jsonl_tasks(path, name: str | None = None, instruction: str | None = None, max_queries: int | None = None,
                 include_negatives: bool = False, seed: int = 0) -> list[LocalTaskData]:
     """One task per training-format JSONL file (a directory gives one task per ``*.jsonl``)."""
-    from reasoning_embed.data.jsonl import data_files, read_jsonl
+    from reasoning_embed.data.jsonl import data_files
     from reasoning_embed.retrieval import retrieval_set_from_rows
 
     files = data_files(path)
@@ -162,37 +163,16 @@ def jsonl_tasks(path, name: str | None = None, instruction: str | None = None, m
 
 def beir_task(path, name: str | None = None, split: str = "test", instruction: str | None = None,
               max_queries: int | None = None, seed: int = 0) -> LocalTaskData:
-    """A BEIR-format directory as one task."""
-    import csv
+    """A BEIR-format directory as one task (empty documents allowed: the encoder reads them as one token)."""
     import random
 
+    from reasoning_embed.data.beir import read_beir
+
+    beir = read_beir(path, split, " ", allow_empty_text=True)
     path = Path(path)
-    need = [path / "corpus.jsonl", path / "queries.jsonl", path / "qrels" / f"{split}.tsv"]
-    missing = [str(p) for p in need if not p.is_file()]
-    if missing:
-        raise EvaluationConfigError(f"BEIR directory {path}: missing {', '.join(missing)}")
-
-    def read(p):
-        with open(p, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise EvaluationConfigError(f"{p}, line {lineno}: not valid JSON ({e.msg})") from None
-
-    corpus = {}
-    for row in read(need[0]):
-        title, text = (row.get("title") or "").strip(), (row.get("text") or "").strip()
-        corpus[str(row["_id"])] = f"{title} {text}".strip() if title else text
-    queries = {str(row["_id"]): row["text"] for row in read(need[1])}
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    with open(need[2], encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        for i, rec in enumerate(reader):
-            if not rec or (i == 0 and not rec[-1].strip().lstrip("-").isdigit()):
-                continue  # header
-            qrels[rec[0]][rec[1]] = int(rec[2]) if len(rec) > 2 else 1
+    corpus = {did: text.strip() for did, text in beir.corpus.items()}
+    queries = beir.queries
+    qrels = defaultdict(dict, {q: {d: int(s) for d, s in r.items()} for q, r in beir.qrels.items()})
     if max_queries and len(qrels) > max_queries:
         keep = set(random.Random(seed).sample(sorted(qrels), max_queries))
         qrels = defaultdict(dict, {q: r for q, r in qrels.items() if q in keep})
@@ -270,17 +250,17 @@ def bright_standin_tasks(corpus_dir, split: str = "test", max_queries: int | Non
     corpus_dir = _ensure_stdlib(corpus_dir, split)
     by_domain: dict[str, dict] = defaultdict(lambda: {"queries": {}, "corpus": {}, "qrels": defaultdict(dict)})
     for kind in ("docstring", "code"):
-        with open(corpus_dir / split / f"{kind}.jsonl", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                dom = by_domain[standin_domain(row["label"])]
-                summary = row["query"][1]
-                qid = dom["queries"].setdefault(summary, f"q{len(dom['queries'])}")
-                for passage in row["pos"]:
-                    did = dom["corpus"].setdefault(passage, f"d{len(dom['corpus'])}")
-                    dom["qrels"][qid][did] = 1
-                for passage in row.get("neg", []):
-                    dom["corpus"].setdefault(passage, f"d{len(dom['corpus'])}")
+        path = corpus_dir / split / f"{kind}.jsonl"
+        for row in read_jsonl(path)[0]:
+            if "label" not in row.extra:
+                raise DataFormatError(path, None, "label", "missing: the stand-in groups rows by their module label")
+            dom = by_domain[standin_domain(row.extra["label"])]
+            qid = dom["queries"].setdefault(row.query, f"q{len(dom['queries'])}")
+            for passage in row.pos:
+                did = dom["corpus"].setdefault(passage, f"d{len(dom['corpus'])}")
+                dom["qrels"][qid][did] = 1
+            for passage in row.neg:
+                dom["corpus"].setdefault(passage, f"d{len(dom['corpus'])}")
     out = []
     for domain in STANDIN_DOMAINS:
         if domain not in by_domain:

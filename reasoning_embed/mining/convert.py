@@ -160,60 +160,21 @@ def convert_st(path: Path, instruction: str, anchor: str = "anchor", positive: s
 # ----------------------------------------------------------------------------------------- BEIR
 def convert_beir(path: Path, instruction: str, split: str = "train", title_separator: str = " ",
                  beir_zero_as_negative: bool = True, stats: dict | None = None, **_) -> Iterator[dict]:
-    if not path.is_dir():
-        raise DataFormatError(path, None, None, "expected a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/)")
-    corpus_path, queries_path = path / "corpus.jsonl", path / "queries.jsonl"
-    qrels_path = path / "qrels" / f"{split}.tsv"
-    corpus = {}
-    for line, obj in iter_json_lines(corpus_path):
-        if "_id" not in obj:
-            raise DataFormatError(corpus_path, line, "_id", "missing")
-        corpus[str(obj["_id"])] = _join(obj.get("title"), _text(obj.get("text"), corpus_path, line, "text"),
-                                        title_separator)
-    if not corpus:
-        raise DataFormatError(corpus_path, None, None, "empty corpus: no documents")
-    queries, order = {}, []
-    for line, obj in iter_json_lines(queries_path):
-        if "_id" not in obj:
-            raise DataFormatError(queries_path, line, "_id", "missing")
-        queries[str(obj["_id"])] = _text(obj.get("text"), queries_path, line, "text")
-        order.append(str(obj["_id"]))
-    if not qrels_path.is_file():
-        raise DataFormatError(qrels_path, None, None, f"qrels file for split {split!r} not found")
-    judged: dict[str, tuple[list[str], list[str]]] = {}
-    with open(qrels_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if not line.strip():
-                continue
-            if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
-                continue
-            if len(parts) < 3:
-                raise DataFormatError(qrels_path, lineno, None, "expected query-id<TAB>corpus-id<TAB>score")
-            qid, did, score = parts[0], parts[1], parts[2]
-            try:
-                score = float(score)
-            except ValueError:
-                raise DataFormatError(qrels_path, lineno, "score", f"not a number: {score!r}")
-            if qid not in queries:
-                raise DataFormatError(qrels_path, lineno, "query-id", f"{qid!r} is not in {queries_path.name}")
-            if did not in corpus:
-                raise DataFormatError(qrels_path, lineno, "corpus-id", f"{did!r} is not in {corpus_path.name}")
-            pos, neg = judged.setdefault(qid, ([], []))
-            if score > 0:
-                pos.append(did)
-            elif beir_zero_as_negative:
-                neg.append(did)
-    for qid in order:
-        if qid not in judged:
+    from reasoning_embed.data.beir import read_beir
+
+    beir = read_beir(path, split, title_separator)
+    for qid in beir.queries:  # in the queries file's order
+        if qid not in beir.qrels:
             continue
-        pos, neg = judged[qid]
+        judged = beir.qrels[qid]
+        pos = [d for d, score in judged.items() if score > 0]
+        neg = [d for d, score in judged.items() if score <= 0] if beir_zero_as_negative else []
         if not pos:
             if stats is not None:
                 stats["skipped_no_positive"] = stats.get("skipped_no_positive", 0) + 1
             continue
-        yield {"query": [instruction, queries[qid]], "pos": [corpus[d] for d in pos], "neg": [corpus[d] for d in neg],
-               "id": qid}
+        yield {"query": [instruction, beir.queries[qid]], "pos": [beir.corpus[d] for d in pos],
+               "neg": [beir.corpus[d] for d in neg], "id": qid}
 
 
 # ----------------------------------------------------------------------------------------- Tevatron
