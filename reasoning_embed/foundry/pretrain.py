@@ -24,7 +24,6 @@ the question format on training-split problems, and held-out accuracy measures t
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -35,13 +34,9 @@ from reasoning_embed.foundry.problems import KINDS, all_problems, answer_line
 
 
 def stdlib_docs(corpus_dir: Path, split: str, max_chars: int, seed: int = 0) -> list[str]:
-    docs = []
-    for path in sorted((Path(corpus_dir) / split).glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                docs.append(row["query"][1])
-                docs.extend(row["pos"])
+    from reasoning_embed.data.stdlib_corpus import corpus_texts
+
+    docs = list(corpus_texts(corpus_dir, split))
     random.Random(f"stdlib-{split}-{seed}").shuffle(docs)
     out, n = [], 0
     for d in docs:

