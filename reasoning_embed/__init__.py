@@ -16,7 +16,10 @@ def _auto_precision() -> str:
 
 
 def _register_resolvers() -> None:
-    from omegaconf import OmegaConf
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # a GPU machine with only the training stack (benchmarks/gpu_acceptance.py)
+        return
 
     if not OmegaConf.has_resolver("re.auto_precision"):
         OmegaConf.register_new_resolver("re.auto_precision", _auto_precision)

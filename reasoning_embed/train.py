@@ -31,7 +31,7 @@ def _resolve_ckpt(ckpt_path, output_dir: Path):
     return ckpt_path
 
 
-def _evaluate_at_end(cfg, module, output_dir: Path, loggers, step: int) -> dict:
+def _evaluate_at_end(cfg, encoder, output_dir: Path, loggers, step: int) -> dict:
     """``eval.benchmark`` (a name or a list): scores land in metrics.json["eval"] and the loggers."""
     benchmarks = OmegaConf.select(cfg, "eval.benchmark")
     if not benchmarks:
@@ -41,7 +41,7 @@ def _evaluate_at_end(cfg, module, output_dir: Path, loggers, step: int) -> dict:
     benchmarks = [benchmarks] if isinstance(benchmarks, str) else list(benchmarks)
     results = {}
     for bench in benchmarks:
-        summary = evaluate_model(module.encoder, bench, output_dir / "eval" / str(bench),
+        summary = evaluate_model(encoder, bench, output_dir / "eval" / str(bench),
                                  allow_failures=bool(OmegaConf.select(cfg, "eval.allow_failures")),
                                  paths=OmegaConf.to_container(cfg.paths, resolve=True), seed=cfg.seed)
         results[str(bench)] = summary
@@ -112,12 +112,15 @@ def train(cfg: DictConfig) -> dict:
         "data": datamodule.data_report,
         "recipe_differences": {k: {"run": v, "paper": p} for k, (v, p) in recipe_diffs.items()},
     }
+    from reasoning_embed.training.strategies import full_encoder
+
+    encoder = full_encoder(module.encoder)  # FSDP: every rank joins the gathering; rank 0 gets a plain copy
     if trainer.is_global_zero:
         if cfg.get("export", True):
             from reasoning_embed.models.export import export_encoder
 
-            export_encoder(module.encoder, output_dir / "model")
-        metrics["eval"] = _evaluate_at_end(cfg, module, output_dir, loggers, trainer.global_step)
+            export_encoder(encoder, output_dir / "model")
+        metrics["eval"] = _evaluate_at_end(cfg, encoder, output_dir, loggers, trainer.global_step)
         atomic_write_json(output_dir / "metrics.json", metrics)
         if initial:
             log.info("held-out nDCG@10: untrained %.4f -> trained %.4f", initial.get("val/ndcg@10", float("nan")),

@@ -86,9 +86,9 @@ def test_compose_every_backbone_and_trainer_config(train_cfg):
         assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     cfg = train_cfg("trainer=fsdp")
     strategy = instantiate(cfg.trainer.strategy)
-    from lightning.pytorch.strategies import FSDPStrategy
+    from reasoning_embed.training.strategies import FSDP2Strategy
 
-    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(strategy, FSDP2Strategy)
     cfg = train_cfg("finetune=lora")
     assert cfg.finetune.r == 16 and cfg.finetune.alpha == 32 and cfg.finetune.dropout == 0.1
     cfg = train_cfg("experiment=paper_recipe")

@@ -7,7 +7,8 @@ embeddings at the same step (``reference_run``) or a fixed model (``reference_mo
 
 Writes ``<run_dir>/hrsa/features/step_<N>.safetensors`` and ``<run_dir>/hrsa/realignment.jsonl`` (one JSON
 object per evaluation, rewritten atomically), and logs the series to every logger, on rank 0 only.
-Under DDP/FSDP every rank embeds its share of the probe rows; rank 0 reassembles them in order.
+Under DDP every rank embeds its share of the probe rows and rank 0 reassembles them in order; under FSDP
+every rank embeds every row (each forward gathers parameters, so all ranks must make the same calls).
 """
 
 from __future__ import annotations
@@ -149,8 +150,12 @@ class HRSACallback(L.Callback):
     # -------------------------------------------------------------------- embedding (sharded across ranks)
     @torch.no_grad()
     def _embed(self, trainer, pl_module) -> dict[str, torch.Tensor]:
+        from reasoning_embed.training.strategies import is_sharded
+
         encoder = pl_module.encoder
         world, rank = trainer.world_size, trainer.global_rank
+        if is_sharded(encoder):  # FSDP: each forward is a collective, so every rank embeds every row, in step
+            world, rank = 1, 0
         idx = list(range(rank, len(self.texts), world))
         local = {"embeddings": self._encode_rows(encoder, idx)}
         if self.layerwise:

@@ -74,6 +74,11 @@ class ContrastiveModule(L.LightningModule):
     def on_fit_start(self):
         self.encoder.train()  # from_pretrained returns eval mode
 
+    def configure_model(self):
+        from reasoning_embed.training.strategies import configure_sharding
+
+        configure_sharding(self)  # FSDP2: one unit per decoder layer, the backbone as root (no-op otherwise)
+
     def _skip_consumed_batches(self):
         # Resuming mid-epoch: skip the batches this epoch already consumed (the sampler is deterministic).
         # Lightning does not call on_train_epoch_start when it restarts mid-epoch, hence on_train_start too.
