@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from reasoning_embed.errors import ReasoningEmbedError
-from reasoning_embed.utils.io import atomic_write_json
+from reasoning_embed.utils.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("reasoning_embed.hrsa")
 
@@ -227,10 +227,9 @@ def _open_entry(entry: Path, fields: dict, L: int, N: int, d: int, storage: str)
 
 def _checkpoint(entry: Path, f: _StatesFile, meta: dict, mx, first, done: int, complete: bool = False) -> None:
     f.sync()                                             # data first, then the record that it is there
-    np.save(entry / "max_abs.tmp.npy", mx.numpy())
-    np.save(entry / "max_abs_first.tmp.npy", first.numpy())
-    os.replace(entry / "max_abs.tmp.npy", entry / "max_abs.npy")
-    os.replace(entry / "max_abs_first.tmp.npy", entry / "max_abs_first.npy")
+    for name, value in (("max_abs.npy", mx), ("max_abs_first.npy", first)):
+        with atomic_path(entry / name) as tmp:
+            np.save(tmp, value.numpy())
     meta.update(batches_done=done, complete=complete)
     atomic_write_json(entry / "meta.json", meta)
 

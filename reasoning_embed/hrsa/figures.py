@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reasoning_embed.utils.io import save_figure
+
 
 def _plt():
     import matplotlib
@@ -32,7 +34,7 @@ def _heatmap(plt, M, layers_a, layers_b, title, path, vmin=0.0, vmax=1.0, cmap="
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -85,7 +87,7 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
                      " bootstrap interval)", fontsize=8)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / "knn_overlap.png", dpi=110)
+        save_figure(fig, out / "knn_overlap.png")
         plt.close(fig)
         files.append(out / "knn_overlap.png")
 
@@ -108,7 +110,7 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
         ax.set_title("is the coordinate basis kept?", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "procrustes.png", dpi=110)
+        save_figure(fig, out / "procrustes.png")
         plt.close(fig)
         files.append(out / "procrustes.png")
 
@@ -124,7 +126,7 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
                      f"{pro[-1]['random_rotation_baseline']:.3f}, identity 1)", fontsize=8)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(out / "alignment_matrix.png", dpi=110)
+        save_figure(fig, out / "alignment_matrix.png")
         plt.close(fig)
         files.append(out / "alignment_matrix.png")
 
@@ -144,7 +146,7 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
         ax.set_title(f"cross-model linear probe, layer {probe['layer_a']}/{probe['layer_b']} "
                      f"({probe['n_test']} test texts)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(out / "probe_transfer.png", dpi=110)
+        save_figure(fig, out / "probe_transfer.png")
         plt.close(fig)
         files.append(out / "probe_transfer.png")
     return [Path(f).name for f in files]

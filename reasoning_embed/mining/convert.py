@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from reasoning_embed.data.jsonl import iter_json_lines
 from reasoning_embed.errors import DataFormatError, ReasoningEmbedError
+from reasoning_embed.utils.io import atomic_open
 
 FORMATS = ("st", "beir", "tevatron")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -230,23 +229,13 @@ def _sources(fmt: str, inputs) -> list[Path]:
 
 
 def _write_rows(rows: Iterator[dict], output: Path) -> int:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
+    with atomic_open(output) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
         if n == 0:
             raise ReasoningEmbedError(f"conversion to {output} produced no rows")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return n
 
 

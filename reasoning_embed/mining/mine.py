@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
-import tempfile
 import time
 import unicodedata
 from array import array
@@ -50,7 +48,7 @@ from reasoning_embed.errors import DataFormatError, ReasoningEmbedError
 from reasoning_embed.mining.reference import Reference
 from reasoning_embed.retrieval import Searcher
 from reasoning_embed.mining.store import content_key, embed_table
-from reasoning_embed.utils.io import atomic_write_json
+from reasoning_embed.utils.io import atomic_open, atomic_write_json
 
 MODES = ("append", "replace")
 SAMPLINGS = ("top", "random")
@@ -165,13 +163,6 @@ def read_corpus(path: str | Path) -> list[str]:
     return texts
 
 
-def _umask_mode(path) -> None:
-    """mkstemp creates 0600 files; give the output the permissions a plain open() would."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def _index_of(texts: list[str]) -> dict[str, int]:
     where: dict[str, int] = {}
     for t in texts:
@@ -234,96 +225,89 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
     rejected_hist = RunningHistogram()
     search_s = 0.0
 
-    tmp_fd, tmp_name = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
     rows_out = 0
-    try:
-        with os.fdopen(tmp_fd, "w", encoding="utf-8") as out:
-            for start in range(0, len(rows), settings.search_chunk):
-                chunk = rows[start:start + settings.search_chunk]
-                excluded: list[dict[int, str]] = []
-                for r in chunk:
-                    ex: dict[int, str] = {}
-                    pos_norm = {normalise_text(p) for p in r.pos}
-                    for p in r.pos:
-                        if p in where and where[p] < n_cand:
-                            ex[where[p]] = "excluded_positive"
-                    for pn in pos_norm:
-                        for i in by_norm.get(pn, ()):
-                            ex.setdefault(i, "excluded_positive_duplicate")
-                    if settings.exclude_query_text:
-                        for i in by_norm.get(normalise_text(r.query), ()):
-                            ex.setdefault(i, "excluded_query_text")
-                    if settings.mode == "append":
-                        for nt in {normalise_text(n) for n in r.neg}:
-                            for i in by_norm.get(nt, ()):
-                                ex.setdefault(i, "excluded_existing_negative")
-                    excluded.append(ex)
-                depth = min(n_cand, k + max((len(e) for e in excluded), default=0))
-                q = np.asarray(q_emb[start:start + len(chunk)])
-                t0 = time.perf_counter()
-                scores, idx = searcher.search(q, depth)
-                search_s += time.perf_counter() - t0
-                chunk_rejected: list[float] = []
-                for j, r in enumerate(chunk):
-                    row_i = start + j
-                    pos_ids = [where[p] for p in r.pos]
-                    pos_sim = float(np.max(np.asarray(p_emb[pos_ids]) @ q[j]))
-                    pos_sims.append(pos_sim)
-                    threshold = margin_factor * pos_sim
-                    cands = []
-                    for s, i in zip(scores[j].tolist(), idx[j].tolist()):
-                        if i < 0:
-                            continue
-                        why = excluded[j].get(i)
-                        if why is not None:
-                            counts[why] += 1
-                            continue
-                        cands.append((i, s))
-                        if len(cands) == k:
-                            break
-                    window = cands[lo:hi]
-                    counts["candidates"] += len(window)
-                    valid, rejected = [], []
-                    for rank, (i, s) in enumerate(window):
-                        if s <= threshold:
-                            valid.append((rank, i, s))
-                        else:
-                            rejected.append(s)
-                    counts["margin_rejected"] += len(rejected)
-                    chunk_rejected.extend(rejected)
-                    if settings.sampling == "random":  # a seeded random order per row; picks back in rank order
-                        valid = random.Random(f"{settings.seed}-{row_i}").sample(valid, len(valid))
-                    picked, seen = [], set()
-                    for rank, i, s in valid:
-                        if len(picked) == settings.num_negatives:
-                            break
-                        nk = normalise_text(passages[i])
-                        if nk in seen:
-                            counts["skipped_picked_duplicate"] += 1
-                            continue
-                        seen.add(nk)
-                        picked.append((rank, i, s))
-                    picked.sort()
-                    mined = [passages[i] for _, i, _ in picked]
-                    neg_sims.extend(s for _, _, s in picked)
-                    counts["mined_negatives"] += len(mined)
-                    if len(mined) < settings.num_negatives:
-                        counts["rows_short"] += 1
-                    if not mined:
-                        counts["rows_without_mined"] += 1
-                    negs = (list(r.neg) + mined) if settings.mode == "append" else mined
-                    if len(negs) < settings.min_negatives:
-                        counts["rows_dropped_min_negatives"] += 1
+    with atomic_open(output_path) as out:
+        for start in range(0, len(rows), settings.search_chunk):
+            chunk = rows[start:start + settings.search_chunk]
+            excluded: list[dict[int, str]] = []
+            for r in chunk:
+                ex: dict[int, str] = {}
+                pos_norm = {normalise_text(p) for p in r.pos}
+                for p in r.pos:
+                    if p in where and where[p] < n_cand:
+                        ex[where[p]] = "excluded_positive"
+                for pn in pos_norm:
+                    for i in by_norm.get(pn, ()):
+                        ex.setdefault(i, "excluded_positive_duplicate")
+                if settings.exclude_query_text:
+                    for i in by_norm.get(normalise_text(r.query), ()):
+                        ex.setdefault(i, "excluded_query_text")
+                if settings.mode == "append":
+                    for nt in {normalise_text(n) for n in r.neg}:
+                        for i in by_norm.get(nt, ()):
+                            ex.setdefault(i, "excluded_existing_negative")
+                excluded.append(ex)
+            depth = min(n_cand, k + max((len(e) for e in excluded), default=0))
+            q = np.asarray(q_emb[start:start + len(chunk)])
+            t0 = time.perf_counter()
+            scores, idx = searcher.search(q, depth)
+            search_s += time.perf_counter() - t0
+            chunk_rejected: list[float] = []
+            for j, r in enumerate(chunk):
+                row_i = start + j
+                pos_ids = [where[p] for p in r.pos]
+                pos_sim = float(np.max(np.asarray(p_emb[pos_ids]) @ q[j]))
+                pos_sims.append(pos_sim)
+                threshold = margin_factor * pos_sim
+                cands = []
+                for s, i in zip(scores[j].tolist(), idx[j].tolist()):
+                    if i < 0:
                         continue
-                    record = {"query": [r.instruction, r.query], "pos": list(r.pos), "neg": negs, **r.extra}
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    rows_out += 1
-                rejected_hist.add(chunk_rejected)
-        _umask_mode(tmp_name)
-        os.replace(tmp_name, output_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+                    why = excluded[j].get(i)
+                    if why is not None:
+                        counts[why] += 1
+                        continue
+                    cands.append((i, s))
+                    if len(cands) == k:
+                        break
+                window = cands[lo:hi]
+                counts["candidates"] += len(window)
+                valid, rejected = [], []
+                for rank, (i, s) in enumerate(window):
+                    if s <= threshold:
+                        valid.append((rank, i, s))
+                    else:
+                        rejected.append(s)
+                counts["margin_rejected"] += len(rejected)
+                chunk_rejected.extend(rejected)
+                if settings.sampling == "random":  # a seeded random order per row; picks back in rank order
+                    valid = random.Random(f"{settings.seed}-{row_i}").sample(valid, len(valid))
+                picked, seen = [], set()
+                for rank, i, s in valid:
+                    if len(picked) == settings.num_negatives:
+                        break
+                    nk = normalise_text(passages[i])
+                    if nk in seen:
+                        counts["skipped_picked_duplicate"] += 1
+                        continue
+                    seen.add(nk)
+                    picked.append((rank, i, s))
+                picked.sort()
+                mined = [passages[i] for _, i, _ in picked]
+                neg_sims.extend(s for _, _, s in picked)
+                counts["mined_negatives"] += len(mined)
+                if len(mined) < settings.num_negatives:
+                    counts["rows_short"] += 1
+                if not mined:
+                    counts["rows_without_mined"] += 1
+                negs = (list(r.neg) + mined) if settings.mode == "append" else mined
+                if len(negs) < settings.min_negatives:
+                    counts["rows_dropped_min_negatives"] += 1
+                    continue
+                record = {"query": [r.instruction, r.query], "pos": list(r.pos), "neg": negs, **r.extra}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                rows_out += 1
+            rejected_hist.add(chunk_rejected)
     del searcher, q_emb, p_emb
     if not settings.keep_work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)

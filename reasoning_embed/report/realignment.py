@@ -145,6 +145,8 @@ def _similarity_panel(ax, result: dict, key: str, title: str) -> None:
 def plot_realignment(result: dict, path: Path) -> None:
     import matplotlib
 
+    from reasoning_embed.utils.io import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -164,10 +166,8 @@ def plot_realignment(result: dict, path: Path) -> None:
         _integer_steps(ax)
     fig.suptitle(f"manifold realignment: A={Path(result['run_a']).name}  B={Path(result['run_b']).name}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def pair_sweep_runs(sweep_dir: Path) -> list[tuple[Path, Path]]:
@@ -202,6 +202,8 @@ def plot_sweep_realignment(results: list[dict], path: Path) -> None:
     """One figure for a sweep: CKA and k-NN between paired runs (same step), with their bands."""
     import matplotlib
 
+    from reasoning_embed.utils.io import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -222,7 +224,7 @@ def plot_sweep_realignment(results: list[dict], path: Path) -> None:
         _integer_steps(ax)
         ax.legend(fontsize=5)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

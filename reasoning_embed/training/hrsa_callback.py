@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from reasoning_embed.utils.io import atomic_write_text
+from reasoning_embed.utils.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,8 @@ def read_probe_file(path: str | Path) -> tuple[list[str], list[str | None]]:
 def save_features(path: Path, tensors: dict[str, torch.Tensor], step: int) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
 
 
 def load_features(path: Path) -> dict[str, torch.Tensor]:
