@@ -37,12 +37,13 @@ import numpy as np
 import torch
 
 from reasoning_embed.errors import TokenizerMismatchError
+from reasoning_embed.models.pooling import POOLING_MODES
 
 from .cka_blocked import BlockedCKA, TensorSource, cka_matrix_blocked
 from .feature_cache import extract_states
 
 LEVELS = ("token", "pooled")
-POOLINGS = ("mean", "last_token", "first")
+POOLINGS = POOLING_MODES  # the encoder's pooling names
 __all__ = ["Extraction", "extract_features", "resolve_attention", "tokenize", "compare_tokenizers",
            "kept_positions", "select_layers", "diagonal_pairs", "LEVELS", "POOLINGS"]
 

@@ -72,7 +72,7 @@ def model_inputs(encoder, texts: Sequence[str], instructions: Sequence[str | Non
     if instructions is None or isinstance(instructions, str):
         instructions = [instructions] * len(texts)
     prompts = [tok.prompt(i) for i in instructions]
-    return token_ids(tok, texts, prompts, tok.max_query_length), [tok.prompt_length(p) for p in prompts]
+    return token_ids(tok, texts, prompts, tok.max_query_length), tok.prompt_lengths(prompts, texts)
 
 
 def run_batches(encoder, ids: list[list[int]], prompt_lengths: Sequence[int], forward: Callable,

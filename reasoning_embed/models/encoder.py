@@ -9,7 +9,7 @@ from torch import nn
 
 from reasoning_embed.models.encode import encode
 from reasoning_embed.models.pooling import pool
-from reasoning_embed.models.text_tokenizer import DEFAULT_QUERY_TEMPLATE, TextTokenizer
+from reasoning_embed.models.text_tokenizer import DEFAULT_PROMPT_BOUNDARY, DEFAULT_QUERY_TEMPLATE, TextTokenizer
 
 
 class Encoder(nn.Module):
@@ -52,7 +52,8 @@ def build_encoder(backbone: dict, attention: str = "bidirectional", pooling: str
                   attn_implementation: str = "sdpa", dtype: str = "float32", max_query_length: int = 512,
                   max_passage_length: int = 512, query_template: str = DEFAULT_QUERY_TEMPLATE,
                   add_special_tokens: bool = False, gradient_checkpointing: bool = False,
-                  finetune: dict | None = None, check_attention: bool = True) -> Encoder:
+                  finetune: dict | None = None, check_attention: bool = True,
+                  prompt_boundary: str = DEFAULT_PROMPT_BOUNDARY) -> Encoder:
     """The encoder of a loadable backbone (a model directory or a cached hub id), with exactly these
     settings. Specs of every other kind (a run, an export's own settings, a tiny backbone to build, a config
     name) go through the one loader, :func:`reasoning_embed.models.loading.load_encoder`."""
@@ -77,5 +78,6 @@ def build_encoder(backbone: dict, attention: str = "bidirectional", pooling: str
         model = apply_lora(model, **{k: v for k, v in finetune.items() if k != "mode"})
     elif finetune.get("mode") not in ("full", None):
         raise ValueError(f"finetune.mode must be 'full' or 'lora', got {finetune.get('mode')!r}")
-    tok = TextTokenizer(hf_tok, max_query_length, max_passage_length, query_template, add_special_tokens)
+    tok = TextTokenizer(hf_tok, max_query_length, max_passage_length, query_template, add_special_tokens,
+                        prompt_boundary)
     return Encoder(model, tok, pooling, normalize, attention, name=backbone.get("name", path))

@@ -1,8 +1,10 @@
 """Pooling token states into one vector per text.
 
-``prompt_length`` follows sentence-transformers' convention (so an exported model embeds identically
-there): the first ``prompt_length`` attended tokens of a row are the instruction; they are attended to
-but excluded from the mean. Padding may be on either side: positions are found from the mask.
+The first ``prompt_length`` attended tokens of a row are the instruction (``TextTokenizer.prompt_lengths``
+says where the text starts); they are attended to but excluded from the mean. Padding may be on either side:
+positions are found from the mask. A row with no token after its instruction pools to the zero vector (and
+stays zero after L2 normalisation), exactly as sentence-transformers' mean pooling does, so an export embeds
+such a query the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +12,20 @@ from __future__ import annotations
 import torch
 
 POOLING_MODES = ("mean", "last_token", "first")
+# The one map between these names and sentence-transformers' Pooling: its ``pooling_mode`` strings and the
+# ``pooling_mode_*`` flags of its saved config.json (export writes the first, reading accepts both).
+ST_POOLING_MODE = {"mean": "mean", "last_token": "lasttoken", "first": "cls"}
+ST_POOLING_FLAG = {"mean": "pooling_mode_mean_tokens", "last_token": "pooling_mode_lasttoken",
+                   "first": "pooling_mode_cls_token"}
+
+
+def pooling_from_st(config: dict) -> str | None:
+    """Our pooling name for a sentence-transformers Pooling ``config.json`` (None: not one we implement)."""
+    mode = config.get("pooling_mode")
+    for ours, theirs in ST_POOLING_MODE.items():
+        if mode == theirs:
+            return ours
+    return next((ours for ours, flag in ST_POOLING_FLAG.items() if config.get(flag)), None)
 
 
 def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -28,10 +44,7 @@ def mean_pool_mask(attention_mask: torch.Tensor, prompt_length: torch.Tensor | N
         return mask
     positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
     start = first_token_index(attention_mask).unsqueeze(1)
-    pooled = mask & (positions >= start + prompt_length.to(mask.device).view(-1, 1))
-    # A query truncated inside its instruction has no text tokens left: fall back to all its tokens.
-    empty = ~pooled.any(dim=1, keepdim=True)
-    return torch.where(empty, mask, pooled)
+    return mask & (positions >= start + prompt_length.to(mask.device).view(-1, 1))
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean",

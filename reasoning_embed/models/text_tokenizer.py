@@ -7,20 +7,33 @@ from typing import Sequence
 import torch
 
 DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "
+PROMPT_BOUNDARIES = ("prompt_tokens", "offsets")
+DEFAULT_PROMPT_BOUNDARY = "prompt_tokens"
 
 
 class TextTokenizer:
     """Wraps a Hugging Face tokenizer with the recipe's formatting rules.
 
     Queries are ``query_template.format(instruction=...) + text``; passages are the bare text. No BOS/EOS
-    is added unless ``add_special_tokens``. ``prompt_length`` (per row) is the token count of the prompt
-    tokenized alone, minus a trailing special token — sentence-transformers' rule, so pooling here and in
-    an exported ``SentenceTransformer`` exclude the same tokens. (With BPE the prompt's trailing space can
-    merge with the first word of the text; that token is then excluded too, in both.)
+    is added unless ``add_special_tokens``. ``prompt_length`` (per row) is where the text's tokens begin,
+    by ``prompt_boundary``:
+
+    - ``prompt_tokens``: the token count of the prompt tokenized alone, minus a trailing special token
+      (sentence-transformers' rule). A byte-level BPE merges the prompt's trailing space into the text's
+      first word (``" Return"``), so that word is excluded from the mean as well.
+    - ``offsets``: the first token that ends after the prompt's last character (character offsets of the
+      joined text), so a token merged across the boundary counts as text and the first word is kept.
+
+    A row with no text token left (empty text, a one-token text merged into the prompt under
+    ``prompt_tokens``, or a query truncated inside its instruction) pools to the zero vector, as in
+    sentence-transformers.
     """
 
     def __init__(self, tokenizer, max_query_length: int = 512, max_passage_length: int = 512,
-                 query_template: str = DEFAULT_QUERY_TEMPLATE, add_special_tokens: bool = False):
+                 query_template: str = DEFAULT_QUERY_TEMPLATE, add_special_tokens: bool = False,
+                 prompt_boundary: str = DEFAULT_PROMPT_BOUNDARY):
+        if prompt_boundary not in PROMPT_BOUNDARIES:
+            raise ValueError(f"prompt_boundary must be one of {PROMPT_BOUNDARIES}, got {prompt_boundary!r}")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if tokenizer.pad_token is None:
@@ -30,6 +43,7 @@ class TextTokenizer:
         self.max_passage_length = max_passage_length
         self.query_template = query_template
         self.add_special_tokens = add_special_tokens
+        self.prompt_boundary = prompt_boundary
         self._prompt_lengths: dict[str, int] = {}
 
     def prompt(self, instruction: str | None) -> str:
@@ -46,6 +60,16 @@ class TextTokenizer:
             self._prompt_lengths[prompt] = n
         return self._prompt_lengths[prompt]
 
+    def prompt_lengths(self, prompts: Sequence[str], texts: Sequence[str]) -> list[int]:
+        """Per row, the number of leading tokens of ``prompt + text`` that are instruction (see the class)."""
+        if self.prompt_boundary == "prompt_tokens" or not any(prompts):
+            return [self.prompt_length(p) for p in prompts]
+        from reasoning_embed.models.st_modules import text_start  # the same code the offsets export ships
+
+        enc = self.hf([p + t for p, t in zip(prompts, texts)], add_special_tokens=self.add_special_tokens,
+                      return_offsets_mapping=True)
+        return [text_start(offsets, len(p)) if p else 0 for p, offsets in zip(prompts, enc["offset_mapping"])]
+
     def __call__(self, texts: Sequence[str], prompts: Sequence[str] | str | None = None,
                  max_length: int | None = None) -> dict[str, torch.Tensor]:
         texts = list(texts)
@@ -57,7 +81,7 @@ class TextTokenizer:
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
-            "prompt_length": torch.tensor([self.prompt_length(p) for p in prompts], dtype=torch.long),
+            "prompt_length": torch.tensor(self.prompt_lengths(prompts, texts), dtype=torch.long),
         }
 
     def queries(self, texts: Sequence[str], instructions: Sequence[str] | str | None) -> dict[str, torch.Tensor]:
@@ -67,3 +91,4 @@ class TextTokenizer:
 
     def passages(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self(texts, None, self.max_passage_length)
+
