@@ -1,5 +1,7 @@
 """Cross-device negatives: the 2-rank DDP gradient equals the single-process gradient of the global batch."""
 
+import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -45,6 +47,16 @@ def _grads(train_cfg, tmp_path, name, per_device, trainer_overrides, chunk_size=
     return torch.load(tmp_path / f"{name}.pt")
 
 
+@pytest.fixture
+def dropout_backbone(micro_backbone, tmp_path):
+    path = tmp_path / "dropout_bb"
+    shutil.copytree(micro_backbone, path)
+    config = json.loads((path / "config.json").read_text())
+    config["attention_dropout"] = 0.3
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 def _assert_same(a, b, rel=1e-5):
     assert a.keys() == b.keys() and a
     for k in a:
@@ -64,3 +76,26 @@ def test_ddp_with_grad_cache_equals_single_process_global_batch(train_cfg, tmp_p
     single = _grads(train_cfg, tmp_path, "single", 8, [])
     ddp_cached = _grads(train_cfg, tmp_path, "ddp_cached", 4, ["trainer=ddp_spawn_cpu"], chunk_size=2)
     _assert_same(ddp_cached, single)
+
+
+@pytest.mark.slow
+def test_ddp_with_token_budget_chunks_equals_single_process_global_batch(train_cfg, tmp_path, micro_backbone):
+    """Length-sorted token-budget chunks on 2 ranks (each rank plans its own, the counts agreed)."""
+    from test_grad_cache import _budget_grads
+
+    single = _grads(train_cfg, tmp_path, "single", 8, [])
+    ddp_budget = _budget_grads(train_cfg, tmp_path, "ddp_budget", micro_backbone, ["trainer=ddp_spawn_cpu"],
+                               per_device=4, chunk_tokens=48)
+    _assert_same(ddp_budget, single)
+
+
+@pytest.mark.slow
+def test_ddp_token_budget_replays_dropout_masks(train_cfg, tmp_path, dropout_backbone):
+    """Dropout on, 2 ranks: the cached step equals embedding the same planned chunks with graph."""
+    from test_grad_cache import _budget_grads
+
+    reference = _budget_grads(train_cfg, tmp_path, "ref", dropout_backbone, ["trainer=ddp_spawn_cpu"], per_device=4,
+                              target="test_grad_cache.ChunkedWithGraph", chunk_tokens=48)
+    cached = _budget_grads(train_cfg, tmp_path, "cached", dropout_backbone, ["trainer=ddp_spawn_cpu"], per_device=4,
+                           chunk_tokens=48)
+    _assert_same(cached, reference)

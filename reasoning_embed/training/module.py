@@ -1,7 +1,7 @@
 """The contrastive LightningModule: one recipe for every backbone of a study.
 
-Manual optimisation so that gradient caching (``chunk_size``) can run several backward passes per step
-and synchronise gradients across devices only on the last one.
+Manual optimisation so that gradient caching (``chunk_size`` / ``chunk_tokens``, see ``grad_cache``) can run
+several backward passes per step and synchronise gradients across devices only on the last one.
 """
 
 from __future__ import annotations
@@ -9,14 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 
 import lightning as L
 import torch
 
-from reasoning_embed.data.contrastive import batch_tokens
-from reasoning_embed.training.grad_cache import RandomState, split_features
-from reasoning_embed.training.losses import info_nce, info_nce_with_grad
+from reasoning_embed.training import grad_cache, throughput
+from reasoning_embed.training.losses import info_nce
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,8 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float = 0.03, 
 class ContrastiveModule(L.LightningModule):
     def __init__(self, encoder, optimizer, temperature: float = 0.02, warmup_ratio: float = 0.03,
                  max_grad_norm: float | None = 1.0, chunk_size: int | None = None, eval_batch_size: int = 64,
-                 search_backend: str = "auto"):
+                 search_backend: str = "auto", chunk_tokens: int | None = None, pack_chunks: bool | str = "auto",
+                 peak_tflops: float | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer"])
         self.automatic_optimization = False
@@ -46,7 +45,9 @@ class ContrastiveModule(L.LightningModule):
         self.last_val: dict = {}
         self.last_val_step = -1
         self.effective_recipe = ""
-        self._tokens, self._step_time = 0, 0.0
+        self._tokens, self._step_time = 0, 0.0  # useful tokens (all ranks) and synchronised step seconds
+        self._flops_shape = None  # (non-embedding params, trainable ones, layers, hidden), set at train start
+        self._peak_flops = None
         self.last_loss = float("nan")
 
     # ------------------------------------------------------------------ optimisation
@@ -59,6 +60,7 @@ class ContrastiveModule(L.LightningModule):
 
     def on_train_start(self):
         self._skip_consumed_batches()
+        self._start_throughput()
         world = self.trainer.world_size
         dm = self.trainer.datamodule
         per_device = getattr(dm, "batch_size", None)
@@ -67,7 +69,7 @@ class ContrastiveModule(L.LightningModule):
             g = per_device * world
             self.effective_recipe = (
                 f"effective recipe: global batch {g} queries ({per_device} per device x {world} devices), chunk size "
-                f"{self.hparams.chunk_size or 'off (no gradient caching)'}, group {group} (1 positive + {group - 1} "
+                f"{self._chunking()}, group {group} (1 positive + {group - 1} "
                 f"hard negatives), each query scored against {g * group} passages")
             log.info(self.effective_recipe)
 
@@ -106,59 +108,97 @@ class ContrastiveModule(L.LightningModule):
         self.manual_backward(loss)
         return loss, stats
 
-    def _cached_step(self, batch):
-        """GradCache: embed without graph, take d loss / d embeddings, replay each chunk with graph."""
-        c, group = self.hparams.chunk_size, batch["group_size"]
-        chunks = [(f, c) for f in split_features(batch["query"], c)]
-        chunks += [(f, c * group) for f in split_features(batch["passages"], c * group)]
-        states, embs = [], []
-        with torch.no_grad():
-            for feats, _ in chunks:
-                states.append(RandomState())
-                embs.append(self.encoder(**feats))
-        n_q = len(split_features(batch["query"], c))
-        q = torch.cat(embs[:n_q]).detach()
-        p = torch.cat(embs[n_q:]).detach().requires_grad_()
-        p_all, offset = self._gather(p)  # differentiable all-gather: its backward sums each rank's share
-        # the loss gradient, c queries at a time: memory stays flat as the global batch grows
-        loss, stats, q_grad, p_all_grad = info_nce_with_grad(q, p_all.detach(), group, self.hparams.temperature,
-                                                             offset, chunk_size=c)
-        p_grad = p_all_grad if p_all is p else torch.autograd.grad(p_all, p, p_all_grad)[0]
-        grads = list(q_grad.split(c)) + list(p_grad.split(c * group))
+    def _chunking(self) -> str:
+        h = self.hparams
+        if h.chunk_tokens:
+            return f"{h.chunk_tokens} tokens (length-sorted{', packed' if self._pack() else ''})"
+        return f"{h.chunk_size} (length-sorted)" if h.chunk_size else "off (no gradient caching)"
+
+    def _pack(self) -> bool:
+        mode = self.hparams.pack_chunks
+        if mode is True and not grad_cache.packing_supported(self.encoder):
+            raise ValueError("model.pack_chunks=true needs flash_attention_2 on a GPU and right padding; "
+                             "use pack_chunks=auto to pack only where supported")
+        return bool(mode) and grad_cache.packing_supported(self.encoder)
+
+    def _agree_counts(self, counts: list[int]) -> list[int]:
+        """Every rank runs as many chunk forwards as the rank with most (FSDP gathers weights per forward)."""
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return counts
+        t = torch.tensor(counts, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.tolist()
+
+    def _plan(self, batch) -> list:
+        h = self.hparams
+        return grad_cache.plan_chunks(batch, h.chunk_size, h.chunk_tokens, pack=self._pack(),
+                                      agree_counts=self._agree_counts)
+
+    def _use_cache(self, batch) -> bool:
+        """The same answer on every rank (they must run the same collectives): by configuration and batch size."""
+        h = self.hparams
+        return bool(h.chunk_tokens) or (bool(h.chunk_size) and batch["query"]["input_ids"].shape[0] > h.chunk_size)
+
+    def _cached_step(self, batch, chunks):
+        """GradCache (``training/grad_cache.py``) over the planned chunks."""
+        h = self.hparams
+
+        def loss_gradients(q, p):
+            return grad_cache.embedding_gradients(q, p, self._gather, batch["group_size"], h.temperature,
+                                                  h.chunk_size or 32)
+
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
-        for i, ((feats, _), state, grad) in enumerate(zip(chunks, states, grads)):
-            last = i == len(chunks) - 1
-            with (contextlib.nullcontext() if last else block_sync()), state:
-                emb = self.encoder(**feats)
-                self.manual_backward((emb * grad).sum())
-        return loss.detach(), stats
+        return grad_cache.cached_step(self.encoder, batch, chunks, loss_gradients, self.manual_backward, block_sync)
 
     def training_step(self, batch, batch_idx):
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        c = self.hparams.chunk_size
-        if c and batch["query"]["input_ids"].shape[0] > c:
-            loss, stats = self._cached_step(batch)
-        else:
-            loss, stats = self._plain_step(batch)
-        if self.hparams.max_grad_norm:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
-        sched.step()
-        elapsed = time.perf_counter() - start
-        tokens = batch_tokens(batch)
-        self._tokens += tokens
+        with throughput.StepTimer(self.device) as timer:
+            opt.zero_grad(set_to_none=True)
+            if self._use_cache(batch):
+                chunks = self._plan(batch)
+                loss, stats = self._cached_step(batch, chunks)
+                inputs = [c.feats for c in chunks]
+            else:
+                loss, stats = self._plain_step(batch)
+                inputs = [batch["query"], batch["passages"]]
+            if self.hparams.max_grad_norm:
+                self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+            sched.step()
         self.last_loss = float(loss.detach())
-        self._step_time += elapsed
         self.log_dict({
             "train/loss": loss.detach(), "train/acc": stats["acc"], "train/pos_sim": stats["pos_sim"],
             "train/hardest_neg_sim": stats["hardest_neg_sim"], "train/lr": sched.get_last_lr()[0],
-            "train/tokens_per_s": tokens * self.trainer.world_size / elapsed,
+            **self._throughput_metrics(inputs, timer.seconds),
         }, prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["query"]["input_ids"].shape[0])
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss.detach()
+
+    # ------------------------------------------------------------------ throughput
+    def _start_throughput(self):
+        backbone = self.encoder.backbone
+        params, trainable = throughput.parameter_counts(backbone)
+        self._flops_shape = (params, trainable, backbone.config.num_hidden_layers, backbone.config.hidden_size)
+        self._peak_flops = throughput.device_peak_flops(self.device, self.trainer.precision, self.hparams.peak_tflops)
+
+    def _throughput_metrics(self, inputs: list[dict], seconds: float) -> dict:
+        """Tokens of this step summed over ranks (one small all-reduce), rates per synchronised second."""
+        counts = [throughput.token_counts(f) for f in inputs]
+        t = torch.tensor([sum(c[k] for c in counts) for k in ("useful", "computed", "squared")], dtype=torch.float64)
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            t = t.to(self.device)
+            torch.distributed.all_reduce(t)
+        useful, computed, squared = t.tolist()
+        self._tokens += useful
+        self._step_time += seconds
+        out = {"train/useful_tokens": useful, "train/computed_tokens": computed,
+               "train/padding_fraction": 1 - useful / max(computed, 1), "train/step_seconds": seconds,
+               "train/useful_tokens_per_s": useful / seconds, "train/computed_tokens_per_s": computed / seconds}
+        if self._peak_flops and self._flops_shape:
+            flops = throughput.model_flops(int(useful), int(squared), *self._flops_shape)
+            out["train/mfu"] = flops / seconds / (self._peak_flops * self.trainer.world_size)
+        return out
 
     # ------------------------------------------------------------------ validation: held-out retrieval
     def validation_step(self, batch, batch_idx):
@@ -185,4 +225,6 @@ class ContrastiveModule(L.LightningModule):
         self.log("val_ndcg", results["val/ndcg@10"], prog_bar=True, logger=False, rank_zero_only=True)
 
     def throughput(self) -> float:
-        return self._tokens * self.trainer.world_size / self._step_time if self._step_time else 0.0
+        """Useful tokens per second over all steps (all ranks' tokens, synchronised step time)."""
+        return self._tokens / self._step_time if self._step_time else 0.0
+
