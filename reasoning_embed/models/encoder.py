@@ -9,7 +9,8 @@ from torch import nn
 
 from reasoning_embed.models.encode import encode
 from reasoning_embed.models.pooling import pool
-from reasoning_embed.models.text_tokenizer import DEFAULT_PROMPT_BOUNDARY, DEFAULT_QUERY_TEMPLATE, TextTokenizer
+from reasoning_embed.models.defaults import ENCODER_KEYS, encoder_defaults
+from reasoning_embed.models.text_tokenizer import TextTokenizer
 
 
 class Encoder(nn.Module):
@@ -48,17 +49,18 @@ class Encoder(nn.Module):
         return encode(self, texts, instructions, is_query, batch_size, progress)
 
 
-def build_encoder(backbone: dict, attention: str = "bidirectional", pooling: str = "mean", normalize: bool = True,
-                  attn_implementation: str = "sdpa", dtype: str = "float32", max_query_length: int = 512,
-                  max_passage_length: int = 512, query_template: str = DEFAULT_QUERY_TEMPLATE,
-                  add_special_tokens: bool = False, gradient_checkpointing: bool = False,
-                  finetune: dict | None = None, check_attention: bool = True,
-                  prompt_boundary: str = DEFAULT_PROMPT_BOUNDARY) -> Encoder:
+def build_encoder(backbone: dict, finetune: dict | None = None, gradient_checkpointing: bool = False,
+                  check_attention: bool = True, **settings) -> Encoder:
     """The encoder of a loadable backbone (a model directory or a cached hub id), with exactly these
-    settings. Specs of every other kind (a run, an export's own settings, a tiny backbone to build, a config
-    name) go through the one loader, :func:`reasoning_embed.models.loading.load_encoder`."""
+    ``settings`` (``ENCODER_KEYS``; one not given takes its default from ``conf/encoder/default.yaml``,
+    :mod:`reasoning_embed.models.defaults`). Specs of every other kind (a run, an export's own settings, a
+    tiny backbone to build, a config name) go through the one loader, :func:`reasoning_embed.models.loading.load_encoder`."""
     from reasoning_embed.models.backbone import load_backbone, resolve_backbone
 
+    unknown = sorted(set(settings) - set(ENCODER_KEYS))
+    if unknown:
+        raise TypeError(f"build_encoder got unknown settings {unknown}; the settings are {ENCODER_KEYS}")
+    s = {**encoder_defaults(), **settings}  # the defaults of conf/encoder/default.yaml
     backbone = dict(backbone)
     if backbone.get("tiny"):
         from reasoning_embed.errors import ReasoningEmbedError
@@ -66,8 +68,8 @@ def build_encoder(backbone: dict, attention: str = "bidirectional", pooling: str
         raise ReasoningEmbedError(f"backbone {backbone.get('name')!r} is a tiny backbone built on first use: "
                                   f"load it with reasoning_embed.assets.load_encoder / assets.build_encoder")
     path = resolve_backbone(backbone["path"], backbone.get("revision"))
-    model, hf_tok, _ = load_backbone(path, attention, attn_implementation, dtype, backbone.get("revision"),
-                                     check=check_attention)
+    model, hf_tok, _ = load_backbone(path, s["attention"], s["attn_implementation"], s["dtype"],
+                                     backbone.get("revision"), check=check_attention)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -78,6 +80,6 @@ def build_encoder(backbone: dict, attention: str = "bidirectional", pooling: str
         model = apply_lora(model, **{k: v for k, v in finetune.items() if k != "mode"})
     elif finetune.get("mode") not in ("full", None):
         raise ValueError(f"finetune.mode must be 'full' or 'lora', got {finetune.get('mode')!r}")
-    tok = TextTokenizer(hf_tok, max_query_length, max_passage_length, query_template, add_special_tokens,
-                        prompt_boundary)
-    return Encoder(model, tok, pooling, normalize, attention, name=backbone.get("name", path))
+    tok = TextTokenizer(hf_tok, s["max_query_length"], s["max_passage_length"], s["query_template"],
+                        s["add_special_tokens"], s["prompt_boundary"])
+    return Encoder(model, tok, s["pooling"], s["normalize"], s["attention"], name=backbone.get("name", path))
