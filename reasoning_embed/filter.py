@@ -25,7 +25,10 @@ def run(cfg: DictConfig) -> dict:
     from reasoning_embed.mining.reference import load_reference
 
     def reference():  # loaded after the input was read and checked
-        return load_reference(cfg.reference, cfg.reference_kind, cfg.device, cfg.max_length, cfg.dtype)
+        from reasoning_embed.assets import materialize_backbone
+
+        return load_reference(cfg.reference, cfg.reference_kind, cfg.device, cfg.max_length, cfg.dtype,
+                              build=materialize_backbone)  # a backbone config name (tiny_base) is built first
 
     output = Path(cfg.output)
     if output.suffix != ".jsonl":

@@ -42,7 +42,10 @@ def run(cfg: DictConfig) -> list[dict]:
     settings = settings_from_cfg(cfg.mining)
     settings.check()
     def reference():  # loaded after the input was read and checked
-        return load_reference(cfg.reference, cfg.reference_kind, cfg.device, cfg.max_length, cfg.dtype)
+        from reasoning_embed.assets import materialize_backbone
+
+        return load_reference(cfg.reference, cfg.reference_kind, cfg.device, cfg.max_length, cfg.dtype,
+                              build=materialize_backbone)  # a backbone config name (tiny_base) is built first
 
     reports = mine(cfg.input, cfg.output, reference, settings, cfg.get("corpus"), progress=cfg.progress)
     for r in reports:

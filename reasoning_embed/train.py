@@ -82,7 +82,7 @@ def train(cfg: DictConfig) -> dict:
 
     ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
     initial = {}
-    has_val = bool(cfg.data.get("val"))
+    has_val = bool(datamodule.val_path)  # data.val=null: the prepared offline corpus' val split
     if has_val and cfg.get("validate_before_training") and ckpt_path is None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         initial = dict(module.last_val)

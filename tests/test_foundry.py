@@ -144,18 +144,29 @@ def micro_corpus(tmp_path_factory) -> Path:
                     rows.append({"query": ["Retrieve the documentation", doc.split("\n")[0]], "pos": [doc], "neg": []})
         (out / split).mkdir()
         (out / split / "docstring.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return out
+    return stamp_as_built(out)
+
+
+def stamp_as_built(corpus: Path) -> Path:
+    """Give a hand-made corpus the manifest of a built stdlib corpus, so the assets layer uses it as it is."""
+    import sys
+
+    from reasoning_embed.data.stdlib_corpus import CORPUS_VERSION
+
+    (corpus / "manifest.json").write_text(json.dumps({"version": CORPUS_VERSION, "python": sys.version.split()[0],
+                                                      "seed": 0, "num_negatives": 7, "counts": {"micro": True}}))
+    return corpus
 
 
 @pytest.fixture(scope="module")
 def micro_triple(micro_corpus, tmp_path_factory):
-    from reasoning_embed.models.backbone import resolve_backbone
+    from reasoning_embed.assets import tiny_backbone
 
     out = tmp_path_factory.mktemp("foundry") / "backbones"
     tiny = {"variant": "rlvr", "seed": 3, **MICRO_MODEL, "foundry": True, "foundry_overrides": MICRO_CFG}
-    path = resolve_backbone(str(out / "tiny_rlvr"), tiny, str(micro_corpus))
-    assert Path(path) == out / "tiny_rlvr"
-    return out
+    path = tiny_backbone(out / "tiny_rlvr", tiny, micro_corpus)
+    assert path.name == "tiny_rlvr" and path.parent.parent == out and path.parent.name.startswith("tiny_triple-")
+    return path.parent
 
 
 def test_micro_build_writes_the_triple_with_its_record(micro_triple):
@@ -216,21 +227,15 @@ def test_same_seed_same_weights(micro_triple, micro_corpus, tmp_path):
         assert ma["heldout_accuracy"] == mb["heldout_accuracy"] and ma["lm_loss_heldout"] == mb["lm_loss_heldout"]
 
 
-def test_resolve_backbone_caches_and_keeps_the_random_init_fast_path(micro_triple, micro_corpus, tmp_path, capsys):
-    from reasoning_embed.models.backbone import resolve_backbone
+def test_tiny_backbones_are_cached_by_spec_and_keep_the_random_init_fast_path(micro_triple, micro_corpus, tmp_path):
+    from reasoning_embed.assets import tiny_backbone
 
     stamp = (micro_triple / "tiny_base" / "model.safetensors").stat().st_mtime_ns
     tiny = {"variant": "base", "seed": 3, **MICRO_MODEL, "foundry": True, "foundry_overrides": MICRO_CFG}
-    assert resolve_backbone(str(micro_triple / "tiny_base"), tiny, str(micro_corpus)) == str(micro_triple / "tiny_base")
+    assert tiny_backbone(micro_triple.parent / "tiny_base", tiny, micro_corpus) == micro_triple / "tiny_base"
     assert (micro_triple / "tiny_base" / "model.safetensors").stat().st_mtime_ns == stamp  # cached, not rebuilt
-    fast = resolve_backbone(str(tmp_path / "tiny_sft"), {**tiny, "variant": "sft", "foundry": False}, str(micro_corpus))
-    meta = json.loads((Path(fast) / "foundry.json").read_text())
+    fast = tiny_backbone(tmp_path / "tiny_sft", {**tiny, "variant": "sft", "foundry": False}, micro_corpus)
+    meta = json.loads((fast / "foundry.json").read_text())
     assert meta["heldout_accuracy"] is None and "random init" in meta["how"]
-    assert not (tmp_path / "tiny_base").exists()  # the fast path builds only what was asked
-    from reasoning_embed.models.backbone import _is_stale_random_init
-
-    assert _is_stale_random_init(Path(fast), "sft")  # with foundry on, this cache would be rebuilt by the foundry
-    assert not _is_stale_random_init(micro_triple / "tiny_sft", "sft")
-    user = tmp_path / "my_export"
-    user.mkdir()  # any other existing directory is used as it is, whatever the tiny spec says
-    assert resolve_backbone(str(user), {**tiny, "variant": "sft"}, str(micro_corpus)) == str(user)
+    assert fast.parent == tmp_path and fast.name.startswith("tiny_sft-")
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [fast.name]  # only what was asked is built

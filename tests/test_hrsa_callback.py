@@ -155,3 +155,14 @@ def test_ddp_logs_once_with_all_probe_rows(train_cfg, tmp_path):
     s0 = load_features(single / "hrsa" / "features" / "step_0.safetensors")["embeddings"]
     f0 = load_features(out / "hrsa" / "features" / "step_0.safetensors")["embeddings"]
     torch.testing.assert_close(f0, s0, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_model_takes_a_run_directory(train_cfg, micro_encoder, tmp_path):
+    """reference_model= goes through the one loader: a run directory (its export) works, not only a model dir."""
+    from reasoning_embed.models.export import export_encoder
+
+    ref_run = tmp_path / "ref_run"
+    export_encoder(micro_encoder, ref_run / "model")
+    out = _train(train_cfg, tmp_path / "with_ref", reference_model=str(ref_run))
+    rec = [json.loads(x) for x in (out / "hrsa" / "realignment.jsonl").read_text().splitlines()]
+    assert all("cka_vs_ref" in r and 0.0 <= r["cka_vs_ref"] <= 1.0 + 1e-9 for r in rec)

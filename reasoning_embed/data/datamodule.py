@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -26,7 +27,7 @@ class ContrastiveDataModule(L.LightningDataModule):
                  no_negative_policy: str = "drop", bad_rows: str = "error", val_max_queries: int | None = 500,
                  num_workers: int = 0, seed: int = 0, offline_corpus: str | None = None,
                  mine_reference: str | None = None, mine_max_length: int | None = 256,
-                 report_dir: str | None = None):
+                 report_dir: str | None = None, prepare: Callable | None = None):
         super().__init__()
         self.train_path, self.val_path = train, val
         self.batch_size, self.num_negatives = batch_size, num_negatives
@@ -37,27 +38,23 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.mine_max_length = mine_max_length
         self.tokenizer = None  # TextTokenizer, set by the training entry point
         self.dataset = self.sampler = None
+        # prepare(offline_corpus, mine_reference, mine_max_length) -> (train dir, val dir): given by the config
+        # (reasoning_embed.assets.prepare_offline_corpus), so that this layer builds and mines nothing itself
+        self.prepare = prepare
         self.val_sets = []
         self.data_report: dict = {}
 
     def prepare_data(self):
-        if self.offline_corpus:
-            from filelock import FileLock
-
-            from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
-
-            # Every DDP rank (and every concurrent job on the same outputs/) calls this: the first to take
-            # the lock builds and mines, the others wait and then find the cache.
-            lock = Path(self.offline_corpus).with_name(Path(self.offline_corpus).name + ".lock")
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(lock)):
-                build_stdlib_corpus(self.offline_corpus)
-                if self.mine_reference:
-                    from reasoning_embed.mining.offline import mine_offline_corpus
-
-                    # cached after the first build (keyed on the corpus, the reference and the settings)
-                    mine_offline_corpus(self.offline_corpus, reference=self.mine_reference,
-                                        max_length=self.mine_max_length)
+        """Build (and mine) the offline corpus through the injected ``prepare``; a train or val path left
+        unset (null) is the prepared corpus' split. Every DDP rank calls this; ``prepare`` locks."""
+        if not self.offline_corpus:
+            return
+        if self.prepare is None:
+            raise ValueError("ContrastiveDataModule(offline_corpus=...) needs prepare= (the builder, e.g. "
+                             "reasoning_embed.assets.prepare_offline_corpus; data/offline.yaml sets it)")
+        train, val = self.prepare(self.offline_corpus, self.mine_reference, self.mine_max_length)
+        self.train_path = self.train_path or train
+        self.val_path = self.val_path or val
 
     def _read(self, path):
         rows, report = read_jsonl(path, self.bad_rows)

@@ -1,6 +1,7 @@
 """``python -m reasoning_embed.foundry [out=DIR] [seed=N] [key=value ...]``: build the tiny base/RLVR/SFT triple.
 
-Writes ``<out>/tiny_base``, ``<out>/tiny_rlvr``, ``<out>/tiny_sft`` (default ``outputs/backbones``), each a
+Writes ``<out>/tiny_base``, ``<out>/tiny_rlvr``, ``<out>/tiny_sft`` (default: the cache ``backbone=tiny_*`` reads,
+``outputs/backbones/tiny_triple-<hash of the config>``), each a
 Hugging Face ``Qwen2ForCausalLM`` directory with the shared tokenizer and a ``foundry.json``; prints the time
 of each stage and the held-out accuracies (Wilson 95 % CI) and LM losses. Options: ``conf/foundry.yaml``.
 """
@@ -24,17 +25,20 @@ def build_cfg(cfg) -> dict:
 @user_errors_exit
 def main(cfg: DictConfig) -> float:
     quiet_environment()
+    import json
     from pathlib import Path
 
-    from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
-    from reasoning_embed.foundry.build import build_triple, triple_complete
+    from reasoning_embed.assets.backbones import foundry_triple
+    from reasoning_embed.assets.corpus import stdlib_corpus
+    from reasoning_embed.foundry.build import build_triple
 
-    out = Path(cfg.out)
-    if not cfg.force and triple_complete(out):
-        print(f"[foundry] {out} already holds a complete triple (force=true rebuilds)")
-        return 0.0
-    build_stdlib_corpus(cfg.corpus_dir)
-    metas = build_triple(out, cfg.corpus_dir, build_cfg(cfg), progress=cfg.progress)
+    if cfg.get("out"):  # an explicit directory: built there, as asked
+        metas = build_triple(Path(cfg.out), stdlib_corpus(cfg.corpus_dir), build_cfg(cfg), progress=cfg.progress)
+    else:  # the cache that backbone=tiny_base|tiny_rlvr|tiny_sft read (keyed by the hash of this config)
+        out = foundry_triple(cfg.backbones_dir, cfg.corpus_dir, build_cfg(cfg), force=bool(cfg.force),
+                             progress=cfg.progress)
+        metas = {v: json.loads((out / f"tiny_{v}" / "foundry.json").read_text()) for v in ("base", "rlvr", "sft")}
+        print(f"[foundry] triple: {out}")
     for v, m in metas.items():
         lo, hi = m["heldout_accuracy_ci95"]
         print(f"{v:<5s} accuracy {m['heldout_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]  "

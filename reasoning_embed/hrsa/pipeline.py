@@ -25,25 +25,30 @@ def _device(name: str):
 
 
 def resolve_model(spec: dict, corpus_dir: str | None) -> tuple[str, str, str]:
-    """``(path, attention, why)``: a loadable path (a tiny backbone is built on first use) and the mode."""
-    from reasoning_embed.models.backbone import resolve_backbone
+    """``(path, attention, why)``: what the one loader reads for this side (a tiny backbone is built on first
+    use, a run directory means its export) and the attention mode it is read with."""
+    from functools import partial
+
+    from reasoning_embed.assets import materialize_backbone
+    from reasoning_embed.models.loading import resolve_spec
 
     from .features import resolve_attention
 
-    path = resolve_backbone(str(spec["path"]), spec.get("tiny"), corpus_dir, spec.get("revision"))
-    attention, why = resolve_attention(path, spec.get("attention", "auto"), spec.get("revision"))
-    return path, attention, why
+    requested = spec.get("attention", "auto")
+    spec = {k: v for k, v in spec.items() if k != "attention"}
+    resolved = resolve_spec(spec, spec.get("revision"), build=partial(materialize_backbone, corpus_dir=corpus_dir))
+    attention, why = resolve_attention(resolved.path, requested, resolved.revision)
+    return resolved.path, attention, why
 
 
 def load_model(spec: dict, *, corpus_dir: str | None, dtype: str = "float32", attn_implementation: str = "sdpa",
                device=None, resolved: tuple[str, str, str] | None = None) -> tuple[object, dict]:
-    """Build the project's encoder for one side of the comparison, read with its own attention mode."""
-    from reasoning_embed.models.encoder import build_encoder
+    """The project's encoder for one side of the comparison (the one loader), read with its own attention mode."""
+    from reasoning_embed.models.loading import load_encoder
 
     path, attention, why = resolved or resolve_model(spec, corpus_dir)
-    enc = build_encoder({"path": path, "name": spec.get("name") or path, "revision": spec.get("revision")},
-                        attention=attention, dtype=dtype, attn_implementation=attn_implementation,
-                        corpus_dir=corpus_dir)
+    enc = load_encoder({"path": path, "name": spec.get("name") or path, "revision": spec.get("revision")},
+                       {"attention": attention, "dtype": dtype, "attn_implementation": attn_implementation})
     if device is not None:
         enc.to(device)
     enc.eval()

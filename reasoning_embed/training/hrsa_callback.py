@@ -242,9 +242,10 @@ class HRSACallback(L.Callback):
         if not self.enabled:
             return
         if self.reference_model and self.ref_fixed is None:
-            from reasoning_embed.models.encoder import build_encoder
+            from reasoning_embed.assets import load_encoder
 
-            ref = build_encoder({"path": self.reference_model, "name": "reference"})
+            # the one loader: a run directory, an export, an HF dir or hub id, a config name, minilm
+            ref = load_encoder(self.reference_model, device=pl_module.device).eval()
             self.ref_fixed = self._encode_rows(ref, list(range(len(self.texts))))
         self.evaluate(trainer, pl_module)
 

@@ -1,0 +1,67 @@
+"""Built-on-first-use artefacts, keyed by a hash of their full spec.
+
+``build_once(root, name, spec, build)`` returns ``<root>/<name>-<hash of spec>``, building it with
+``build(staging_dir)`` the first time. A different spec has a different directory, so a cache never returns
+another spec's artefact. The spec holds the *identity* of what the artefact depends on (a package version, a
+hash of model files or of a corpus manifest), never an absolute path: a moved checkout reuses its caches.
+Concurrent builders (DDP ranks, parallel jobs) take a file lock: the first builds, the others wait and reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+SPEC_FILE = "asset.json"
+
+
+def spec_hash(spec: dict) -> str:
+    """12 hex digits of the SHA-256 of the spec's canonical JSON."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _canonical(spec: dict) -> dict:
+    return json.loads(json.dumps(spec, sort_keys=True, default=str))  # tuples -> lists, as read back
+
+
+def cached(target: Path, spec: dict) -> bool:
+    try:
+        return json.loads((target / SPEC_FILE).read_text()).get("spec") == _canonical(spec)
+    except (OSError, ValueError):
+        return False
+
+
+def build_once(root: str | Path, name: str, spec: dict, build: Callable[[Path], None], log=print) -> Path:
+    """``<root>/<name>-<hash>``: built by ``build(staging)`` under a file lock unless already there."""
+    from filelock import FileLock
+
+    root = Path(root)
+    target = root / f"{name}-{spec_hash(spec)}"
+    if cached(target, spec):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if cached(target, spec):  # another process built it while we waited
+            return target
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}-"))
+        try:
+            build(staging)
+            (staging / SPEC_FILE).write_text(json.dumps({"spec": _canonical(spec)}, indent=2) + "\n")
+            if target.exists():  # an incomplete earlier build (no matching asset.json)
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log(f"[reasoning-embed] built {target}")
+    return target
+
+
+def package_identity() -> str:
+    from reasoning_embed import __version__
+
+    return f"reasoning-embed=={__version__}"
