@@ -84,7 +84,8 @@ def test_experiment_config_composes(name, monkeypatch):
         assert len(str(params["seed"]).split(",")) == 3
         assert "bright" in list(cfg.eval.benchmark)
     if name in ("offline_default", "tiny_pairs"):  # make train / make study-tiny train on the mined corpus
-        assert cfg.data.mine_reference == "minilm" and cfg.data.train.endswith("stdlib_mined/train")
+        assert cfg.data.mine_reference == "minilm" and cfg.data.train is None  # null: the prepared (mined) corpus
+        assert cfg.data.prepare._target_ == "reasoning_embed.assets.prepare_offline_corpus"
     if name == "tiny_pairs":
         assert str(params["backbone"]) == "tiny_base,tiny_rlvr,tiny_sft" and str(params["finetune"]) == "full,lora"
 
