@@ -55,7 +55,7 @@ def test_missing_empty_and_all_bad_files(tmp_path):
 
 
 def test_no_negative_policies(tmp_path):
-    rows, _ = read_jsonl(write_jsonl(tmp_path / "d.jsonl", [GOOD, {**GOOD, "neg": []}]))
+    rows, _ = read_jsonl(write_jsonl(tmp_path / "d.jsonl", [GOOD, {**GOOD, "pos": ["another passage"], "neg": []}]))
     kept, dropped = apply_no_negative_policy(rows, "drop", "d.jsonl")
     assert len(kept) == 1 and dropped == 1
     with pytest.raises(DataFormatError, match="no_negative_policy"):
@@ -64,6 +64,18 @@ def test_no_negative_policies(tmp_path):
     ds = ContrastiveDataset([kept], num_negatives=3)
     item = ds[(1, 0)]
     assert len(item["passages"]) == 4  # in-file passages stand in for the missing negatives
+
+
+def test_in_file_never_draws_a_rows_own_positive(tmp_path):
+    """On a 4-row file the old draw (any row, itself included) handed a query its own positive 118 times in 200."""
+    rows = [{"query": ["i", f"q{i}"], "pos": [f"p{i}"], "neg": []} for i in range(3)]
+    rows.append({"query": ["i", "q3"], "pos": ["p0"], "neg": []})         # shares row 0's positive text
+    kept, _ = apply_no_negative_policy(read_jsonl(write_jsonl(tmp_path / "d.jsonl", rows))[0], "in_file", "d.jsonl")
+    ds = ContrastiveDataset([kept], num_negatives=3)
+    for index in range(4):
+        for epoch in range(50):
+            item = ds[(index, epoch)]
+            assert item["passages"][0] not in item["passages"][1:], (index, epoch, item["passages"])
 
 
 def test_negatives_topped_up_with_repetition_and_random_positive(tmp_path):

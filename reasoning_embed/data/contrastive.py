@@ -54,6 +54,26 @@ class ContrastiveDataset(Dataset):
                 return f
         raise IndexError(index)
 
+    def _in_file_negatives(self, index, row, rng, tries: int = 100) -> list[str]:
+        """``num_negatives`` positives of *other* rows of the same file, never a text equal to one of this
+        row's own positives (the row itself is skipped by index, duplicates of its positives by text)."""
+        f = self._file_of(index)
+        lo, n = self.file_offsets[f], self.file_sizes[f]
+        own = set(row.pos)
+        negs = []
+        for _ in range(self.num_negatives):
+            for _ in range(tries if n > 1 else 0):
+                j = rng.randrange(n - 1)
+                j = lo + j + (j >= index - lo)            # any row of the file but this one
+                others = [p for p in self.rows[j].pos if p not in own]
+                if others:
+                    negs.append(rng.choice(others))
+                    break
+        if not negs:
+            raise ValueError(f"no_negative_policy=in_file: row {index - lo} of training file {f} has no other row "
+                             "with a different positive to draw negatives from")
+        return negs
+
     def __getitem__(self, item):
         index, epoch = item if isinstance(item, tuple) else (item, 0)
         row = self.rows[index]
@@ -61,9 +81,7 @@ class ContrastiveDataset(Dataset):
         pos = rng.choice(row.pos)
         negs = list(row.neg)
         if not negs:  # in_file policy: other rows' positives of the same file
-            f = self._file_of(index)
-            lo, n = self.file_offsets[f], self.file_sizes[f]
-            negs = [rng.choice(self.rows[lo + rng.randrange(n)].pos) for _ in range(self.num_negatives)]
+            negs = self._in_file_negatives(index, row, rng)
         if len(negs) >= self.num_negatives:
             negs = rng.sample(negs, self.num_negatives)
         else:  # top up by sampling with repetition (the recipe)
