@@ -56,146 +56,188 @@ def triple_complete(out: str | Path) -> bool:
     return len(ids) == 1
 
 
+class _StageClock:
+    """Wall and process-CPU seconds per named stage, logged as each stage ends."""
+
+    def __init__(self, log):
+        self.log, self.wall, self.cpu = log, {}, {}
+        self.t_all, self.c_all = time.perf_counter(), time.process_time()
+        self._cpu_start: dict[float, float] = {}
+
+    def start(self) -> float:  # wall clock; the process CPU time at the same instant is remembered for stop()
+        t = time.perf_counter()
+        self._cpu_start[t] = time.process_time()
+        return t
+
+    def stop(self, name: str, t0: float) -> None:
+        self.wall[name] = round(time.perf_counter() - t0, 2)
+        self.cpu[name] = round(time.process_time() - self._cpu_start.pop(t0, self.c_all), 2)
+        self.log(f"[foundry] stage {name:<10s} {self.wall[name]:8.1f} s wall  {self.cpu[name]:8.1f} s CPU")
+
+    def total(self) -> None:
+        self.wall["total"] = round(time.perf_counter() - self.t_all, 2)
+        self.cpu["total"] = round(time.process_time() - self.c_all, 2)
+
+
+def _data(cfg: dict, corpus_dir: Path, clock: _StageClock):
+    """The tokenizer, the held-out problems and text blocks, and the pre-training blocks."""
+    from reasoning_embed.foundry.pretrain import heldout_text_blocks, pretrain_blocks
+    from reasoning_embed.foundry.problems import heldout_eval_set
+    from reasoning_embed.models.tiny import qwen_tokenizer, train_bpe_tokenizer
+
+    t0 = clock.start()
+    m, seed = cfg["model"], int(cfg["seed"])
+    tok = qwen_tokenizer() if m["tokenizer"] == "qwen" else train_bpe_tokenizer(corpus_dir, m["vocab_size"])
+    kinds, hf = list(cfg["problems"]["kinds"]), cfg["problems"]["heldout_fraction"]
+    eval_set = heldout_eval_set(kinds, cfg["eval"]["per_kind"], seed, hf)
+    lm_blocks = heldout_text_blocks(tok, corpus_dir, cfg["eval"]["lm_blocks"], cfg["eval"]["lm_block_size"])
+    blocks = pretrain_blocks(tok, corpus_dir, cfg["pretrain"], seed, kinds, hf)
+    clock.stop("data", t0)
+    return tok, eval_set, lm_blocks, blocks
+
+
+def _base_model(tok, m: dict, seed: int):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
+        num_key_value_heads=m["num_key_value_heads"], max_position_embeddings=2048, tie_word_embeddings=True,
+        rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageClock, progress: bool):
+    """Pre-train base, then GRPO (rlvr) and SFT (sft) from it with matched optimizer steps.
+    Returns ({variant: model}, {variant: {"train": ..., "eval": (accuracy dict, LM loss)}})."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from reasoning_embed.foundry.evaluate import heldout_accuracy, lm_loss
+    from reasoning_embed.foundry.grpo import grpo_train
+    from reasoning_embed.foundry.pretrain import pretrain
+    from reasoning_embed.foundry.problems import train_sampler
+    from reasoning_embed.foundry.sft import sft_train
+
+    seed, kinds, hf = int(cfg["seed"]), list(cfg["problems"]["kinds"]), cfg["problems"]["heldout_fraction"]
+    base = _base_model(tok, cfg["model"], seed)
+    total = cfg["pretrain"]["steps"] + 2 * cfg["grpo"]["steps"] * cfg["grpo"]["ppo_epochs"]
+    bar = tqdm(total=total, desc="foundry", unit="step", disable=not progress, file=sys.stderr,
+               mininterval=2.0, dynamic_ncols=True)
+    results: dict[str, dict] = {}
+
+    def evaluate(model, name):
+        t0 = clock.start()
+        acc = heldout_accuracy(model, tok, eval_set, cfg["eval"]["max_new_tokens"])
+        loss = lm_loss(model, lm_blocks)
+        clock.stop(f"eval_{name}", t0)
+        clock.log(f"[foundry] {name:<4s} held-out accuracy {acc['accuracy']:.3f} "
+                  f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']}), lenient {acc['lenient_accuracy']:.3f}  "
+                  f"LM loss {loss:.4f}  "
+                  f"per kind {json.dumps({k: round(v, 2) for k, v in acc['per_kind'].items()})}")
+        return acc, loss
+
+    t0 = clock.start()
+    pre = pretrain(base, blocks, cfg["pretrain"], seed, progress=bar)
+    clock.stop("pretrain", t0)
+    results["base"] = {"train": pre, "eval": evaluate(base, "base")}
+
+    t0 = clock.start()
+    rlvr = copy.deepcopy(base)
+    torch.manual_seed(seed + 1)
+    rl = grpo_train(rlvr, base, tok, train_sampler(kinds, seed, hf), cfg["grpo"], seed + 1, progress=bar)
+    clock.stop("rlvr", t0)
+    results["rlvr"] = {"train": rl, "eval": evaluate(rlvr, "rlvr")}
+
+    t0 = clock.start()
+    sft_model = copy.deepcopy(base)
+    for p in sft_model.parameters():
+        p.requires_grad_(True)
+    sf = sft_train(sft_model, tok, train_sampler(kinds, seed, hf), cfg["sft"], rl["optimizer_steps"], seed + 2,
+                   progress=bar)
+    clock.stop("sft", t0)
+    results["sft"] = {"train": sf, "eval": evaluate(sft_model, "sft")}
+    bar.close()
+    return {"base": base, "rlvr": rlvr, "sft": sft_model}, results
+
+
+_HOW = {"base": "causal-LM pre-training (stdlib text + arithmetic facts + Q/A-format arithmetic)",
+        "rlvr": "GRPO from base (exact reward, group-relative advantages, k3 KL to base)",
+        "sft": "SFT from base on worked solutions (same optimizer steps as rlvr, its own learning rate)"}
+
+
+def _record(v: str, model, result: dict, cfg: dict, triple_id: str, stage_seconds: dict) -> dict:
+    """The ``foundry.json`` of one variant."""
+    train, (acc, loss) = result["train"], result["eval"]
+    return {
+        "variant": v, "builder": "reasoning_embed.foundry", "triple_id": triple_id,
+        "parent": None if v == "base" else "tiny_base", "how": _HOW[v],
+        "heldout_accuracy": acc["accuracy"], "heldout_accuracy_ci95": acc["ci95"],
+        "heldout_correct": acc["correct"], "heldout_n": acc["n"], "heldout_per_kind": acc["per_kind"],
+        "heldout_lenient_accuracy": acc["lenient_accuracy"],
+        "heldout_lenient_accuracy_ci95": acc["lenient_ci95"],
+        "heldout_examples": acc["examples"], "lm_loss_heldout": loss,
+        "lm_loss_text": "stdlib corpus val split (modules unseen in training), nats/token",
+        "steps": train["steps"], "tokens": train.get("completion_tokens", train.get("tokens")),
+        "tokens_processed": train.get("tokens_processed", train.get("tokens")),
+        "train": {k: v2 for k, v2 in train.items() if k != "trace"},
+        "reward_trace": [round(t["reward"], 3) for t in train.get("trace", [])] or None,
+        "seed": int(cfg["seed"]), "threads": cfg.get("threads"), "config": cfg,
+        "stage_seconds": dict(stage_seconds), "tokenizer": cfg["model"]["tokenizer"],
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _write_triple(out: Path, tok, models: dict, results: dict, cfg: dict, triple_id: str,
+                  clock: _StageClock) -> dict:
+    """Stage the three directories together and move them into place (a cached triple shares one base)."""
+    t0 = clock.start()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".foundry-"))
+    metas = {}
+    try:
+        for v in VARIANTS:
+            d = staging / f"tiny_{v}"
+            models[v].save_pretrained(d)
+            tok.save_pretrained(d)
+            metas[v] = _record(v, models[v], results[v], cfg, triple_id, clock.wall)
+            (d / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
+        for v in VARIANTS:
+            target = out / f"tiny_{v}"
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / f"tiny_{v}").rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    clock.stop("save", t0)
+    clock.total()
+    for v in VARIANTS:  # record the final stage table (incl. save and total) in every foundry.json
+        metas[v]["stage_seconds"] = dict(clock.wall)
+        metas[v]["stage_cpu_seconds"] = dict(clock.cpu)
+        (out / f"tiny_{v}" / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
+    return metas
+
+
 def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = None, progress: bool = True,
                  log=print) -> dict:
     """Build base/rlvr/sft into ``out``; return {variant: foundry.json dict}. ``cfg`` overrides DEFAULTS."""
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from reasoning_embed.foundry.evaluate import heldout_accuracy, lm_loss
-    from reasoning_embed.foundry.grpo import grpo_train
-    from reasoning_embed.foundry.pretrain import heldout_text_blocks, pretrain, pretrain_blocks
-    from reasoning_embed.foundry.problems import heldout_eval_set, train_sampler
-    from reasoning_embed.foundry.sft import sft_train
-    from reasoning_embed.models.tiny import qwen_tokenizer, train_bpe_tokenizer
 
     cfg = merge(DEFAULTS, cfg)
-    seed, out, corpus_dir = int(cfg["seed"]), Path(out), Path(corpus_dir)
+    out, corpus_dir = Path(out), Path(corpus_dir)
     triple_id = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     prev_threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    times: dict[str, float] = {}
-    cpu_times: dict[str, float] = {}
-    t_all, c_all = time.perf_counter(), time.process_time()
-    cpu_start: dict[float, float] = {}
-
-    def clock() -> float:  # wall clock; the process CPU time at the same instant is remembered for stage()
-        t = time.perf_counter()
-        cpu_start[t] = time.process_time()
-        return t
-
-    def stage(name, t0):
-        times[name] = round(time.perf_counter() - t0, 2)
-        cpu_times[name] = round(time.process_time() - cpu_start.pop(t0, c_all), 2)
-        log(f"[foundry] stage {name:<10s} {times[name]:8.1f} s wall  {cpu_times[name]:8.1f} s CPU")
-
+    clock = _StageClock(log)
     try:
-        t0 = clock()
-        m = cfg["model"]
-        tok = qwen_tokenizer() if m["tokenizer"] == "qwen" else train_bpe_tokenizer(corpus_dir, m["vocab_size"])
-        kinds = list(cfg["problems"]["kinds"])
-        hf = cfg["problems"]["heldout_fraction"]
-        eval_set = heldout_eval_set(kinds, cfg["eval"]["per_kind"], seed, hf)
-        lm_blocks = heldout_text_blocks(tok, corpus_dir, cfg["eval"]["lm_blocks"], cfg["eval"]["lm_block_size"])
-        blocks = pretrain_blocks(tok, corpus_dir, cfg["pretrain"], seed, kinds, hf)
-        stage("data", t0)
-
-        config = Qwen2Config(
-            vocab_size=len(tok), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
-            num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
-            num_key_value_heads=m["num_key_value_heads"], max_position_embeddings=2048, tie_word_embeddings=True,
-            rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_config(config)
-        total = cfg["pretrain"]["steps"] + 2 * cfg["grpo"]["steps"] * cfg["grpo"]["ppo_epochs"]
-        bar = tqdm(total=total, desc="foundry", unit="step", disable=not progress, file=sys.stderr,
-                   mininterval=2.0, dynamic_ncols=True)
-        results: dict[str, dict] = {}
-
-        def evaluate(model, name):
-            t0 = clock()
-            acc = heldout_accuracy(model, tok, eval_set, cfg["eval"]["max_new_tokens"])
-            loss = lm_loss(model, lm_blocks)
-            stage(f"eval_{name}", t0)
-            log(f"[foundry] {name:<4s} held-out accuracy {acc['accuracy']:.3f} "
-                f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']}), lenient {acc['lenient_accuracy']:.3f}  "
-                f"LM loss {loss:.4f}  "
-                f"per kind {json.dumps({k: round(v, 2) for k, v in acc['per_kind'].items()})}")
-            return acc, loss
-
-        t0 = clock()
-        pre = pretrain(base, blocks, cfg["pretrain"], seed, progress=bar)
-        stage("pretrain", t0)
-        results["base"] = {"train": pre, "eval": evaluate(base, "base")}
-
-        t0 = clock()
-        rlvr = copy.deepcopy(base)
-        torch.manual_seed(seed + 1)
-        rl = grpo_train(rlvr, base, tok, train_sampler(kinds, seed, hf), cfg["grpo"], seed + 1, progress=bar)
-        stage("rlvr", t0)
-        results["rlvr"] = {"train": rl, "eval": evaluate(rlvr, "rlvr")}
-
-        t0 = clock()
-        sft_model = copy.deepcopy(base)
-        for p in sft_model.parameters():
-            p.requires_grad_(True)
-        sf = sft_train(sft_model, tok, train_sampler(kinds, seed, hf), cfg["sft"], rl["optimizer_steps"], seed + 2,
-                       progress=bar)
-        stage("sft", t0)
-        results["sft"] = {"train": sf, "eval": evaluate(sft_model, "sft")}
-        bar.close()
-
-        t0 = clock()
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".foundry-"))
-        metas = {}
-        try:
-            models = {"base": base, "rlvr": rlvr, "sft": sft_model}
-            for v in VARIANTS:
-                d = staging / f"tiny_{v}"
-                models[v].save_pretrained(d)
-                tok.save_pretrained(d)
-                train, (acc, loss) = results[v]["train"], results[v]["eval"]
-                metas[v] = {
-                    "variant": v, "builder": "reasoning_embed.foundry", "triple_id": triple_id,
-                    "parent": None if v == "base" else "tiny_base",
-                    "how": {"base": "causal-LM pre-training (stdlib text + arithmetic facts + Q/A-format arithmetic)",
-                            "rlvr": "GRPO from base (exact reward, group-relative advantages, k3 KL to base)",
-                            "sft": "SFT from base on worked solutions "
-                                   "(same optimizer steps as rlvr, its own learning rate)"}[v],
-                    "heldout_accuracy": acc["accuracy"], "heldout_accuracy_ci95": acc["ci95"],
-                    "heldout_correct": acc["correct"], "heldout_n": acc["n"], "heldout_per_kind": acc["per_kind"],
-                    "heldout_lenient_accuracy": acc["lenient_accuracy"],
-                    "heldout_lenient_accuracy_ci95": acc["lenient_ci95"],
-                    "heldout_examples": acc["examples"], "lm_loss_heldout": loss,
-                    "lm_loss_text": "stdlib corpus val split (modules unseen in training), nats/token",
-                    "steps": train["steps"], "tokens": train.get("completion_tokens", train.get("tokens")),
-                    "tokens_processed": train.get("tokens_processed", train.get("tokens")),
-                    "train": {k: v2 for k, v2 in train.items() if k != "trace"},
-                    "reward_trace": [round(t["reward"], 3) for t in train.get("trace", [])] or None,
-                    "seed": seed, "threads": cfg.get("threads"), "config": cfg,
-                    "stage_seconds": dict(times), "tokenizer": m["tokenizer"],
-                    "n_parameters": sum(p.numel() for p in models[v].parameters()),
-                }
-                (d / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
-            for v in VARIANTS:
-                target = out / f"tiny_{v}"
-                if target.exists():
-                    shutil.rmtree(target)
-                (staging / f"tiny_{v}").rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        stage("save", t0)
-        times["total"] = round(time.perf_counter() - t_all, 2)
-        cpu_times["total"] = round(time.process_time() - c_all, 2)
-        for v in VARIANTS:  # record the final stage table (incl. save and total) in every foundry.json
-            metas[v]["stage_seconds"] = dict(times)
-            metas[v]["stage_cpu_seconds"] = dict(cpu_times)
-            (out / f"tiny_{v}" / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
-        log(f"[foundry] total {times['total']:.1f} s wall, {cpu_times['total']:.1f} s CPU "
+        tok, eval_set, lm_blocks, blocks = _data(cfg, corpus_dir, clock)
+        models, results = _train_variants(cfg, tok, eval_set, lm_blocks, blocks, clock, progress)
+        metas = _write_triple(out, tok, models, results, cfg, triple_id, clock)
+        log(f"[foundry] total {clock.wall['total']:.1f} s wall, {clock.cpu['total']:.1f} s CPU "
             f"-> {out}/tiny_{{base,rlvr,sft}}")
         return metas
     finally:
