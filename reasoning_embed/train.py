@@ -118,8 +118,10 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         if cfg.get("export", True):
             from reasoning_embed.models.export import export_encoder
+            from reasoning_embed.training.recipe import export_facts
 
-            export_encoder(encoder, output_dir / "model")
+            instruction, card = export_facts(cfg, metrics, datamodule)
+            export_encoder(encoder, output_dir / "model", instruction=instruction, card=card)
         metrics["eval"] = _evaluate_at_end(cfg, encoder, output_dir, loggers, trainer.global_step)
         atomic_write_json(output_dir / "metrics.json", metrics)
         if initial:

@@ -90,6 +90,41 @@ def test_experiment_config_composes(name, monkeypatch):
         assert str(params["backbone"]) == "tiny_base,tiny_rlvr,tiny_sft" and str(params["finetune"]) == "full,lora"
 
 
+# what each experiment's end-of-run evaluation needs from the network: offline, only `local` runs
+_OFFLINE_BENCHMARKS = {"local"}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_starts(name, micro_backbone, corpus_dir, tmp_path, monkeypatch):
+    """Each experiment trains 2 steps, validates and exports, with only the backbone, the data and the trainer's
+    limits (steps, this machine's device) replaced: a broken interpolation or key shows here, not on a cluster."""
+    from omegaconf import open_dict
+
+    from reasoning_embed.train import train
+
+    monkeypatch.setenv("RE_TRAIN_DATA", str(corpus_dir / "train"))
+    cfg = _compose(f"experiment={name}", "logger=none")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        # backbone: the micro model instead of a hub id
+        cfg.backbone.path, cfg.backbone.tiny = str(micro_backbone), None
+        cfg.encoder.corpus_dir = str(corpus_dir)
+        # data: the fixture corpus, a handful of queries
+        cfg.data.offline_corpus, cfg.data.mine_reference = str(corpus_dir), None
+        cfg.data.train, cfg.data.val = str(corpus_dir / "train"), str(corpus_dir / "val")
+        cfg.data.batch_size, cfg.data.val_max_queries = 4, 8
+        # trainer limits: 2 steps, one CPU process
+        cfg.trainer.max_steps, cfg.trainer.val_check_interval = 2, 2
+        cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision = "cpu", 1, "32-true"
+        cfg.trainer.pop("strategy", None)
+        benchmarks = cfg.eval.benchmark
+        if benchmarks is not None and not set([benchmarks] if isinstance(benchmarks, str) else benchmarks) <= _OFFLINE_BENCHMARKS:
+            cfg.eval.benchmark = None  # MTEB / BRIGHT need their datasets (tested in the evaluation tests)
+    metrics = train(cfg)
+    assert metrics["steps"] == 2 and (tmp_path / "run" / "model" / "modules.json").exists()
+    assert 0 <= metrics["final_val"]["val/ndcg@10"] <= 1
+
+
 def test_multirun_with_a_failing_job_and_report(micro_backbone, corpus_dir, tmp_path):
     """A sweep in which half the jobs fail (a backbone that is not there) still runs every job; the failed ones
     leave failed.json and the report lists them."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
 
+log = logging.getLogger(__name__)
 DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "
 PROMPT_BOUNDARIES = ("prompt_tokens", "offsets")
 DEFAULT_PROMPT_BOUNDARY = "prompt_tokens"
@@ -58,6 +60,10 @@ class TextTokenizer:
             if ids and ids[-1] in set(self.hf.all_special_ids):
                 n -= 1
             self._prompt_lengths[prompt] = n
+            if n >= self.max_query_length:
+                log.warning("the prompt %r alone is %d tokens, max_query_length is %d: every query with this "
+                            "instruction is truncated inside it and embeds as the zero vector", prompt, n,
+                            self.max_query_length)
         return self._prompt_lengths[prompt]
 
     def prompt_lengths(self, prompts: Sequence[str], texts: Sequence[str]) -> list[int]:

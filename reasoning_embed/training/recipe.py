@@ -54,3 +54,27 @@ def recipe_line(diffs: dict[str, tuple[object, object]]) -> str:
         return "recipe vs the paper: unchanged"
     parts = [f"{key}={value!r} (paper {paper!r})" for key, (value, paper) in diffs.items()]
     return "recipe vs the paper: differs in " + ", ".join(parts)
+
+
+def export_facts(cfg: DictConfig, metrics: dict, datamodule=None) -> tuple[str | None, dict]:
+    """(query instruction, model-card facts) for a run's export: the training data's most frequent
+    instruction fills the export's ``query`` prompt; the card names backbone, recipe, data and metrics."""
+    from collections import Counter
+
+    rows = getattr(getattr(datamodule, "dataset", None), "rows", None) or []
+    counts = Counter(r.instruction for r in rows if r.instruction)
+    instruction = counts.most_common(1)[0][0] if counts else None
+    diffs = metrics.get("recipe_differences") or {}
+    card = {
+        "backbone": {k: OmegaConf.select(cfg, f"backbone.{k}") for k in ("name", "path", "revision")},
+        "finetune": OmegaConf.to_container(cfg.finetune, resolve=True) if "finetune" in cfg else None,
+        "recipe": {k.split(".")[-1]: OmegaConf.select(cfg, k, default=None) for k in PAPER_RECIPE},
+        "recipe differences from the paper": {k: f"{v['run']} (paper {v['paper']})" for k, v in diffs.items()} or "none",
+        "training data": str(OmegaConf.select(cfg, "data.train")),
+        "training rows": len(rows),
+        "instructions (most frequent first)": [i for i, _ in counts.most_common(5)],
+        "steps": metrics.get("steps"), "seed": OmegaConf.select(cfg, "seed"),
+        "held-out metrics (before -> after training)": {
+            "before": metrics.get("initial_val") or None, "after": metrics.get("final_val") or None},
+    }
+    return instruction, card
