@@ -103,9 +103,9 @@ def test_minilm_mines_through_sentence_transformers(tmp_path):
     emb = dict(zip(texts, st.encode(texts, normalize_embeddings=True)))  # recomputed outside the miner
     for r, o in zip(rows, out):
         q = emb[r["query"][1]]
-        pos = max(float(emb[p] @ q) for p in r["pos"])
+        pos = min(float(emb[p] @ q) for p in r["pos"])
         for n in o["neg"]:
-            assert float(emb[n] @ q) <= 0.95 * pos + 1e-5
+            assert float(emb[n] @ q) <= pos - abs(pos) * 0.05 + 1e-5
             assert normalise_text(n) not in {normalise_text(p) for p in r["pos"]}
 
 

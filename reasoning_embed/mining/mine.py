@@ -10,10 +10,12 @@ For each row ``{"query": [instruction, text], "pos": [...], "neg": [...]}`` of a
    ``append`` mode) passages equal to one of the row's existing negatives.
 4. **Candidates** = the first ``top_k`` passages left (100), or ``ceil(top_fraction * corpus)`` (10%)
    when that is smaller, but never fewer than ``min_candidates``.
-5. **Margin rule**: a candidate ``c`` is a valid negative only if
-   ``sim(q, c) <= (1 - relative_margin) * sim(q, pos)`` (``relative_margin`` 0.05: the paper's "95%"),
-   where ``sim(q, pos)`` is the **maximum** cosine over the row's positives: a candidate must be clearly
-   less similar than *every* positive is at best, the strictest reading for rows with several positives.
+5. **Margin rule** (sign-safe, as sentence-transformers' ``mine_hard_negatives``): a candidate ``c`` is a valid
+   negative only if ``sim(q, c) <= sim(q, pos) - |sim(q, pos)| * relative_margin`` (``relative_margin`` 0.05:
+   the paper's "95%"; for a positive score this is ``0.95 * sim(q, pos)``, and it stays *below* the positive
+   when ``sim(q, pos) < 0``, where ``0.95 * sim`` would lie above it). With several positives ``sim(q, pos)``
+   is the **smallest** cosine over the row's positives: a negative must be clearly less similar than *every*
+   positive (the strictest reading; the largest positive would be the most lenient one).
 6. **Pick** ``num_negatives`` (3) valid candidates inside ``rank_range`` (ranks among the candidates,
    0-based, ``[start, end)``): ``sampling=top`` takes the highest-ranked, ``sampling=random`` a uniform
    sample (seeded per row, so results do not depend on batching or resumption), kept in rank order.
@@ -170,6 +172,135 @@ def _index_of(texts: list[str]) -> dict[str, int]:
     return where
 
 
+def margin_threshold(pos_sim: float, relative_margin: float) -> float:
+    """The largest candidate similarity the relative-margin rule accepts: ``pos - |pos| * margin``.
+
+    Sign-safe: the threshold is below ``pos_sim`` whatever its sign (``(1 - margin) * pos`` is above a
+    negative ``pos``, accepting candidates more similar than the positive).
+    """
+    return pos_sim - abs(pos_sim) * relative_margin
+
+
+def reference_positive_sim(p_emb, pos_ids: list[int], q) -> float:
+    """The positive similarity a row's candidates are held against: the smallest over its positives."""
+    return float(np.min(np.asarray(p_emb[pos_ids]) @ q))
+
+
+def _passage_table(rows, corpus_path) -> tuple[list[str], int, dict[str, int], dict[str, list[int]]]:
+    """Candidates first (the corpus), then positives that are not in it (scored, never returned)."""
+    if corpus_path is None:
+        corpus = list(_index_of([p for r in rows for p in r.pos]))
+    else:
+        corpus = list(_index_of(read_corpus(corpus_path)))
+    where = _index_of(corpus)
+    n_cand = len(corpus)
+    passages = corpus + [p for p in _index_of([p for r in rows for p in r.pos]) if p not in where]
+    by_norm: dict[str, list[int]] = {}
+    for i, t in enumerate(passages[:n_cand]):
+        by_norm.setdefault(normalise_text(t), []).append(i)
+    return passages, n_cand, _index_of(passages), by_norm
+
+
+def _exclusions(r, where, n_cand, by_norm, settings: MineSettings) -> dict[int, str]:
+    """Corpus rows a query may not receive, with the reason (counted in the report)."""
+    ex: dict[int, str] = {}
+    for p in r.pos:
+        if p in where and where[p] < n_cand:
+            ex[where[p]] = "excluded_positive"
+    for pn in {normalise_text(p) for p in r.pos}:
+        for i in by_norm.get(pn, ()):
+            ex.setdefault(i, "excluded_positive_duplicate")
+    if settings.exclude_query_text:
+        for i in by_norm.get(normalise_text(r.query), ()):
+            ex.setdefault(i, "excluded_query_text")
+    if settings.mode == "append":
+        for nt in {normalise_text(n) for n in r.neg}:
+            for i in by_norm.get(nt, ()):
+                ex.setdefault(i, "excluded_existing_negative")
+    return ex
+
+
+def _pick_negatives(row_i, scores, idx, excluded, threshold, passages, settings, k, counts):
+    """Candidates of one query (first k not excluded), the margin rule inside rank_range, then the pick.
+    Returns (picked [(rank, i, s)], rejected similarities)."""
+    cands = []
+    for s, i in zip(scores, idx):
+        if i < 0:
+            continue
+        why = excluded.get(i)
+        if why is not None:
+            counts[why] += 1
+            continue
+        cands.append((i, s))
+        if len(cands) == k:
+            break
+    window = cands[settings.rank_range[0]:settings.rank_range[1]]
+    counts["candidates"] += len(window)
+    valid = [(rank, i, s) for rank, (i, s) in enumerate(window) if s <= threshold]
+    rejected = [s for i, s in window if s > threshold]
+    counts["margin_rejected"] += len(rejected)
+    if settings.sampling == "random":  # a seeded random order per row; picks back in rank order
+        valid = random.Random(f"{settings.seed}-{row_i}").sample(valid, len(valid))
+    picked, seen = [], set()
+    for rank, i, s in valid:
+        if len(picked) == settings.num_negatives:
+            break
+        nk = normalise_text(passages[i])
+        if nk in seen:
+            counts["skipped_picked_duplicate"] += 1
+            continue
+        seen.add(nk)
+        picked.append((rank, i, s))
+    picked.sort()
+    return picked, rejected
+
+
+def _new_counts() -> dict:
+    return dict(candidates=0, margin_rejected=0, excluded_positive=0, excluded_positive_duplicate=0,
+                excluded_query_text=0, excluded_existing_negative=0, skipped_picked_duplicate=0,
+                mined_negatives=0, rows_short=0, rows_without_mined=0, rows_dropped_min_negatives=0)
+
+
+def _mine_rows(rows, out, q_emb, p_emb, searcher, table, settings: MineSettings, k: int) -> dict:
+    """Search, apply the margin rule and write every row; returns counts, similarities and the search time."""
+    passages, n_cand, where, by_norm = table
+    counts = _new_counts()
+    pos_sims, neg_sims = array("f"), array("f")  # 4 bytes a value: fine for millions of rows
+    rejected_hist = RunningHistogram()
+    search_s, rows_out = 0.0, 0
+    for start in range(0, len(rows), settings.search_chunk):
+        chunk = rows[start:start + settings.search_chunk]
+        excluded = [_exclusions(r, where, n_cand, by_norm, settings) for r in chunk]
+        depth = min(n_cand, k + max((len(e) for e in excluded), default=0))
+        q = np.asarray(q_emb[start:start + len(chunk)])
+        t0 = time.perf_counter()
+        scores, idx = searcher.search(q, depth)
+        search_s += time.perf_counter() - t0
+        chunk_rejected: list[float] = []
+        for j, r in enumerate(chunk):
+            pos_sim = reference_positive_sim(p_emb, [where[p] for p in r.pos], q[j])
+            pos_sims.append(pos_sim)
+            picked, rejected = _pick_negatives(start + j, scores[j].tolist(), idx[j].tolist(), excluded[j],
+                                               margin_threshold(pos_sim, settings.relative_margin), passages,
+                                               settings, k, counts)
+            chunk_rejected.extend(rejected)
+            mined = [passages[i] for _, i, _ in picked]
+            neg_sims.extend(s for _, _, s in picked)
+            counts["mined_negatives"] += len(mined)
+            counts["rows_short"] += len(mined) < settings.num_negatives
+            counts["rows_without_mined"] += not mined
+            negs = (list(r.neg) + mined) if settings.mode == "append" else mined
+            if len(negs) < settings.min_negatives:
+                counts["rows_dropped_min_negatives"] += 1
+                continue
+            record = {"query": [r.instruction, r.query], "pos": list(r.pos), "neg": negs, **r.extra}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            rows_out += 1
+        rejected_hist.add(chunk_rejected)
+    return {"counts": counts, "pos_sims": pos_sims, "neg_sims": neg_sims, "rejected_hist": rejected_hist,
+            "search_s": search_s, "rows_out": rows_out}
+
+
 def mine_file(input_path: str | Path, output_path: str | Path, reference: Reference | Callable[[], Reference],
               settings: MineSettings, corpus_path: str | Path | None = None, progress: bool = True,
               on_batch: Callable[[str, int, int], None] | None = None) -> dict:
@@ -184,21 +315,10 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
         raise ReasoningEmbedError(f"output {output_path} is the input file; write to another path")
     t_start = time.perf_counter()
     rows, read_report = read_jsonl(input_path, settings.bad_rows)
-
-    # Passage table: candidates first (the corpus), then positives that are not in it (scored, never returned).
-    if corpus_path is None:
-        corpus = list(_index_of([p for r in rows for p in r.pos]))
-    else:
-        corpus = list(_index_of(read_corpus(corpus_path)))
-    where = _index_of(corpus)
-    n_cand = len(corpus)
-    passages = corpus + [p for p in _index_of([p for r in rows for p in r.pos]) if p not in where]
-    where = _index_of(passages)
+    table = _passage_table(rows, corpus_path)
+    passages, n_cand = table[0], table[1]
     if not isinstance(reference, Reference):
         reference = reference()
-    by_norm: dict[str, list[int]] = {}
-    for i, t in enumerate(passages[:n_cand]):
-        by_norm.setdefault(normalise_text(t), []).append(i)
 
     work_dir = output_path.parent / f"{output_path.name}.work"
     key = content_key(reference.fingerprint)
@@ -216,102 +336,12 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
     searcher = Searcher(p_emb[:n_cand], settings.index, settings.ivf_nlist, settings.ivf_nprobe, seed=settings.seed)
     index_s = time.perf_counter() - t0
     k = settings.candidate_count(n_cand)
-    lo, hi = settings.rank_range[0], settings.rank_range[1]
-    margin_factor = 1.0 - settings.relative_margin
-    counts = dict(candidates=0, margin_rejected=0, excluded_positive=0, excluded_positive_duplicate=0,
-                  excluded_query_text=0, excluded_existing_negative=0, skipped_picked_duplicate=0,
-                  mined_negatives=0, rows_short=0, rows_without_mined=0, rows_dropped_min_negatives=0)
-    pos_sims, neg_sims = array("f"), array("f")  # 4 bytes a value: fine for millions of rows
-    rejected_hist = RunningHistogram()
-    search_s = 0.0
-
-    rows_out = 0
     with atomic_open(output_path) as out:
-        for start in range(0, len(rows), settings.search_chunk):
-            chunk = rows[start:start + settings.search_chunk]
-            excluded: list[dict[int, str]] = []
-            for r in chunk:
-                ex: dict[int, str] = {}
-                pos_norm = {normalise_text(p) for p in r.pos}
-                for p in r.pos:
-                    if p in where and where[p] < n_cand:
-                        ex[where[p]] = "excluded_positive"
-                for pn in pos_norm:
-                    for i in by_norm.get(pn, ()):
-                        ex.setdefault(i, "excluded_positive_duplicate")
-                if settings.exclude_query_text:
-                    for i in by_norm.get(normalise_text(r.query), ()):
-                        ex.setdefault(i, "excluded_query_text")
-                if settings.mode == "append":
-                    for nt in {normalise_text(n) for n in r.neg}:
-                        for i in by_norm.get(nt, ()):
-                            ex.setdefault(i, "excluded_existing_negative")
-                excluded.append(ex)
-            depth = min(n_cand, k + max((len(e) for e in excluded), default=0))
-            q = np.asarray(q_emb[start:start + len(chunk)])
-            t0 = time.perf_counter()
-            scores, idx = searcher.search(q, depth)
-            search_s += time.perf_counter() - t0
-            chunk_rejected: list[float] = []
-            for j, r in enumerate(chunk):
-                row_i = start + j
-                pos_ids = [where[p] for p in r.pos]
-                pos_sim = float(np.max(np.asarray(p_emb[pos_ids]) @ q[j]))
-                pos_sims.append(pos_sim)
-                threshold = margin_factor * pos_sim
-                cands = []
-                for s, i in zip(scores[j].tolist(), idx[j].tolist()):
-                    if i < 0:
-                        continue
-                    why = excluded[j].get(i)
-                    if why is not None:
-                        counts[why] += 1
-                        continue
-                    cands.append((i, s))
-                    if len(cands) == k:
-                        break
-                window = cands[lo:hi]
-                counts["candidates"] += len(window)
-                valid, rejected = [], []
-                for rank, (i, s) in enumerate(window):
-                    if s <= threshold:
-                        valid.append((rank, i, s))
-                    else:
-                        rejected.append(s)
-                counts["margin_rejected"] += len(rejected)
-                chunk_rejected.extend(rejected)
-                if settings.sampling == "random":  # a seeded random order per row; picks back in rank order
-                    valid = random.Random(f"{settings.seed}-{row_i}").sample(valid, len(valid))
-                picked, seen = [], set()
-                for rank, i, s in valid:
-                    if len(picked) == settings.num_negatives:
-                        break
-                    nk = normalise_text(passages[i])
-                    if nk in seen:
-                        counts["skipped_picked_duplicate"] += 1
-                        continue
-                    seen.add(nk)
-                    picked.append((rank, i, s))
-                picked.sort()
-                mined = [passages[i] for _, i, _ in picked]
-                neg_sims.extend(s for _, _, s in picked)
-                counts["mined_negatives"] += len(mined)
-                if len(mined) < settings.num_negatives:
-                    counts["rows_short"] += 1
-                if not mined:
-                    counts["rows_without_mined"] += 1
-                negs = (list(r.neg) + mined) if settings.mode == "append" else mined
-                if len(negs) < settings.min_negatives:
-                    counts["rows_dropped_min_negatives"] += 1
-                    continue
-                record = {"query": [r.instruction, r.query], "pos": list(r.pos), "neg": negs, **r.extra}
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                rows_out += 1
-            rejected_hist.add(chunk_rejected)
+        res = _mine_rows(rows, out, q_emb, p_emb, searcher, table, settings, k)
     del searcher, q_emb, p_emb
     if not settings.keep_work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
-
+    counts = res["counts"]
     report = {
         "input": str(input_path),
         "output": str(output_path),
@@ -319,22 +349,22 @@ def mine_file(input_path: str | Path, output_path: str | Path, reference: Refere
         "reference": {"name": reference.name, "kind": reference.kind, "fingerprint": reference.fingerprint,
                       "dim": reference.dim},
         "settings": asdict(settings),
-        "sim_pos_definition": "max cosine over the row's positives; query embedded without its instruction",
-        "rule": f"keep candidate c iff cos(q,c) <= {margin_factor:g} * max_p cos(q,p)",
+        "sim_pos_definition": "min cosine over the row's positives; query embedded without its instruction",
+        "rule": f"keep candidate c iff cos(q,c) <= s - |s| * {settings.relative_margin:g}, s = min_p cos(q,p)",
         "rows_in": len(rows) + read_report.skipped,
         "rows_read": len(rows),
         "rows_skipped_malformed": read_report.skipped,
-        "rows_out": rows_out,
+        "rows_out": res["rows_out"],
         "corpus_size": n_cand,
         "candidates_per_query": k,
         **counts,
         "rows_with_fewer_than_wanted": counts["rows_short"],
-        "histograms": {"pos_sim": histogram(pos_sims), "mined_neg_sim": histogram(neg_sims),
-                       "margin_rejected_sim": rejected_hist.to_dict()},
+        "histograms": {"pos_sim": histogram(res["pos_sims"]), "mined_neg_sim": histogram(res["neg_sims"]),
+                       "margin_rejected_sim": res["rejected_hist"].to_dict()},
         "counts_note": "excluded_* count search hits skipped while collecting the candidates of each query; "
                        "candidates and margin_rejected are over the candidates inside rank_range",
         "encoding": {"queries": q_stats, "passages": p_stats},
-        "seconds": {"encode": encode_s, "index": index_s, "search": search_s,
+        "seconds": {"encode": encode_s, "index": index_s, "search": res["search_s"],
                     "total": time.perf_counter() - t_start},
     }
     atomic_write_json(Path(f"{output_path}.report.json"), report)
