@@ -117,12 +117,14 @@ def _plain_copy(encoder, state: dict):
     missing, unexpected = twin.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise RuntimeError(f"full_encoder: state dict mismatch, missing {missing[:5]}, unexpected {unexpected[:5]}")
-    # buffers are replicated, not sharded (rotary frequencies are not in the state dict): copy them over
-    plain_buffers = dict(twin.named_buffers())
-    for name, buf in sharded.named_buffers():
-        if name in plain_buffers:
-            owner, _, leaf = name.rpartition(".")
-            twin.get_submodule(owner)._buffers[leaf] = buf.detach().cpu().clone()  # keeps its persistence flag
+    # buffers are replicated, not sharded (rotary frequencies are not in the state dict): copy each of them,
+    # aliases included (a buffer registered under two names is listed once by default)
+    for name, _ in list(twin.named_buffers(remove_duplicate=False)):
+        owner, _, leaf = name.rpartition(".")
+        twin.get_submodule(owner)._buffers[leaf] = sharded.get_buffer(name).detach().cpu().clone()
+    left = [n for n, t in [*twin.named_parameters(), *twin.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"full_encoder: no value for {left[:5]}")
     twin = twin.to(encoder.device)
     twin.train(sharded.training)
     return Encoder(twin, encoder.tokenizer, encoder.pooling, encoder.normalize, encoder.attention, name=encoder.name)
