@@ -26,10 +26,10 @@ def batches(n, encoder):
 
 def plain_loop(encoder, data):
     from reasoning_embed.training.losses import info_nce
-    from reasoning_embed.training.module import cosine_with_warmup
+    from reasoning_embed.utils.schedule import cosine_with_warmup, warmup_steps
 
     opt = torch.optim.AdamW(encoder.parameters(), lr=3e-4, weight_decay=0.05)
-    sched = cosine_with_warmup(opt, len(data), 0.03)
+    sched = cosine_with_warmup(opt, len(data), warmup_steps(len(data), 0.03))
     encoder.train()
     tokens, start = 0, None
     for i, b in enumerate(data):

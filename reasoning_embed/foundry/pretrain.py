@@ -24,13 +24,13 @@ the question format on training-split problems, and held-out accuracy measures t
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
 import torch
 
 from reasoning_embed.foundry.problems import KINDS, all_problems, answer_line
+from reasoning_embed.utils.schedule import cosine_with_warmup
 
 
 def stdlib_docs(corpus_dir: Path, split: str, max_chars: int, seed: int = 0) -> list[str]:
@@ -108,18 +108,12 @@ def heldout_text_blocks(tok, corpus_dir: Path, n_blocks: int, block: int) -> tor
     return blocks[:n_blocks]
 
 
-def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def pretrain(model, blocks: torch.Tensor, cfg: dict, seed: int, progress=None) -> dict:
     """Plain next-token training; returns steps, tokens and the final (smoothed) training loss."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
     steps, bs = cfg["steps"], cfg["batch_size"]
+    schedule = cosine_with_warmup(opt, steps, cfg["warmup"], min_lr_ratio=0.1)
     model.train()
     order = torch.randperm(blocks.shape[0], generator=g)
     cursor, ema, tokens = 0, None, 0
@@ -128,14 +122,13 @@ def pretrain(model, blocks: torch.Tensor, cfg: dict, seed: int, progress=None) -
             order, cursor = torch.randperm(blocks.shape[0], generator=g), 0
         x = blocks[order[cursor : cursor + bs]]
         cursor += bs
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, cfg["lr"], cfg["warmup"])
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         loss = loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         tokens += x.numel()
         lv = loss.item()
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv

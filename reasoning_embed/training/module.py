@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 
 import lightning as L
 import torch
 
 from reasoning_embed.training import grad_cache, throughput
 from reasoning_embed.training.losses import info_nce
+from reasoning_embed.utils.schedule import cosine_with_warmup, warmup_steps
 
 log = logging.getLogger(__name__)
-
-
-def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0):
-    warmup = max(1, int(math.ceil(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class ContrastiveModule(L.LightningModule):
@@ -55,7 +43,7 @@ class ContrastiveModule(L.LightningModule):
         params = [p for p in self.encoder.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = cosine_with_warmup(optimizer, total, self.hparams.warmup_ratio)
+        scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, self.hparams.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self):
