@@ -8,6 +8,7 @@ their meaning: ``conf/mine.yaml``; the algorithm: ``reasoning_embed/mining/mine.
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -62,7 +63,12 @@ def run(cfg: DictConfig) -> list[dict]:
 def main(cfg: DictConfig) -> None:
     quiet_environment()
     set_threads(cfg.get("threads"))
-    run(cfg)
+    try:
+        run(cfg)
+    except KeyboardInterrupt:  # the encoded batches are on disk: the same command resumes from them
+        print("\ninterrupted; the batches encoded so far are kept: run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

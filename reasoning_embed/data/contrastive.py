@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reasoning_embed.data.jsonl import Row
 
@@ -130,7 +130,8 @@ class MixtureBatchSampler(Sampler):
 
     def __iter__(self):
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        for batch in self.global_batches()[self.skip:]:
+        skip, self.skip = self.skip, 0  # a resume position applies to the resumed epoch only
+        for batch in self.global_batches()[skip:]:
             yield [(i, self.epoch) for i in batch[lo:hi]]
 
     def __len__(self):
@@ -138,6 +139,26 @@ class MixtureBatchSampler(Sampler):
         full = sum(s // g for s in self.file_sizes)
         leftovers = sum(s % g for s in self.file_sizes)
         return full + leftovers // g
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, with its position in Lightning's checkpoints (the ``state_dict`` protocol).
+
+    The order is a function of (seed, epoch), so the position is the epoch and the batches already trained on;
+    ``consumed`` says how many (the training loop's count, which the loader cannot see: it reads ahead).
+    Resuming mid-epoch skips exactly those batches and the run continues as if never stopped.
+    """
+
+    def __init__(self, *args, consumed=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._consumed = consumed or (lambda: 0)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batch_sampler.epoch, "batches_consumed": int(self._consumed())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.set_epoch(int(state["epoch"]))
+        self.batch_sampler.skip = int(state["batches_consumed"])
 
 
 @dataclass

@@ -14,6 +14,7 @@ from reasoning_embed.data.contrastive import (
     ContrastiveCollator,
     ContrastiveDataset,
     MixtureBatchSampler,
+    ResumableLoader,
     apply_no_negative_policy,
 )
 from reasoning_embed.data.jsonl import data_files, read_jsonl
@@ -36,13 +37,14 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.offline_corpus, self.report_dir = offline_corpus, report_dir
         self.mine_reference = mine_reference  # mine the offline corpus's negatives with this model first
         self.mine_max_length = mine_max_length
-        self.tokenizer = None  # TextTokenizer, set by the training entry point
-        self.dataset = self.sampler = None
         # prepare(offline_corpus, mine_reference, mine_max_length) -> (train dir, val dir): given by the config
         # (reasoning_embed.assets.prepare_offline_corpus), so that this layer builds and mines nothing itself
         self.prepare = prepare
+        self.tokenizer = None  # TextTokenizer, set by the training entry point
+        self.dataset = self.sampler = None
         self.val_sets = []
         self.data_report: dict = {}
+        self.preread: dict = {}  # {path: (rows, report)} read by the entry point's input validation
 
     def prepare_data(self):
         """Build (and mine) the offline corpus through the injected ``prepare``; a train or val path left
@@ -57,7 +59,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.val_path = self.val_path or val
 
     def _read(self, path):
-        rows, report = read_jsonl(path, self.bad_rows)
+        # files the entry point already read and validated before building the model are not parsed again
+        rows, report = self.preread.pop(str(path), None) or read_jsonl(path, self.bad_rows)
         if report.skipped:
             log.warning("%s: skipped %d malformed rows (bad_rows=skip); first: %s", path, report.skipped,
                         report.errors[0])
@@ -94,8 +97,14 @@ class ContrastiveDataModule(L.LightningDataModule):
     def train_dataloader(self):
         if self.tokenizer is None:
             raise RuntimeError("ContrastiveDataModule.tokenizer must be set (the encoder's TextTokenizer)")
-        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=ContrastiveCollator(self.tokenizer),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(self.dataset, batch_sampler=self.sampler, collate_fn=ContrastiveCollator(self.tokenizer),
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               consumed=self._batches_consumed)
+
+    def _batches_consumed(self) -> int:
+        # batches of the current epoch whose step ran (the loader itself reads ahead of the training loop)
+        trainer = self.trainer
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
     def val_dataloader(self):
         # Validation is retrieval over whole held-out sets, done in the module's validation hook; Lightning

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +20,8 @@ import numpy as np
 from reasoning_embed.utils.io import atomic_write_json
 
 STATE_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def content_key(*parts: Sequence[str] | str | int | None) -> str:
@@ -63,6 +66,9 @@ def embed_table(work_dir: str | Path, name: str, texts: Sequence[str], encode: C
         state_path.unlink(missing_ok=True)
         data_path.unlink(missing_ok=True)
     stats = {"texts": n, "batches": n_batches, "batches_resumed": done, "batches_encoded": 0}
+    if 0 < done < n_batches:
+        log.info("%s: resuming at batch %d of %d (the first %d are already on disk in %s)", name, done + 1,
+                 n_batches, done, work_dir)
     if n == 0:
         return np.zeros((0, dim), dtype=np.float32), stats
     mm = np.memmap(data_path, dtype=np.float32, mode="r+" if done else "w+", shape=(n, dim))

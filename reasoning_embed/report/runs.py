@@ -50,6 +50,22 @@ def run_dirs(cfg) -> list[Path]:
                   if "report" not in p.relative_to(sweep).parts)
 
 
+def run_status(run: Path) -> tuple[str, str]:
+    """("complete" | "interrupted" | "failed" | "unfinished", why). An interrupted run (SIGINT/SIGTERM, with a
+    resumable checkpoint) is not a failed one: its reason is the command that resumes it."""
+    if (run / "interrupted.json").exists():
+        info = json.loads((run / "interrupted.json").read_text())
+        return "interrupted", f"interrupted ({info.get('signal')}) at step {info.get('step')}; resume: {info.get('resume')}"
+    if (run / "failed.json").exists():
+        return "failed", json.loads((run / "failed.json").read_text())["error"]
+    if not (run / "metrics.json").exists():
+        return "unfinished", "no metrics.json (killed, or still running)"
+    status = json.loads((run / "metrics.json").read_text()).get("status", "complete")
+    if status != "complete":
+        return "unfinished", f"metrics.json says {status!r}: trained, but killed (or still running) before the end"
+    return "complete", ""
+
+
 def collect_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
     """(finished runs with their scores, failed or unfinished runs with the reason)."""
     runs, failed = [], []
@@ -63,10 +79,9 @@ def collect_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
             "base": str(OmegaConf.select(cfg, "backbone.base")), "role": str(OmegaConf.select(cfg, "backbone.role")),
             "finetune": str(OmegaConf.select(cfg, "finetune.mode")), "seed": OmegaConf.select(cfg, "seed"),
         }
-        if (run / "failed.json").exists() or not (run / "metrics.json").exists():
-            reason = (json.loads((run / "failed.json").read_text())["error"] if (run / "failed.json").exists()
-                      else "no metrics.json (killed, or still running)")
-            failed.append({**info, "reason": reason})
+        status, reason = run_status(run)
+        if status != "complete":
+            failed.append({**info, "status": status, "reason": reason})
             continue
         metrics = json.loads((run / "metrics.json").read_text())
         info["scores"] = task_scores(metrics)

@@ -238,6 +238,16 @@ class HRSACallback(L.Callback):
         self.seconds += time.perf_counter() - start
         return record
 
+    # -------------------------------------------------------------------- resume: the step-0 baseline travels
+    def state_dict(self) -> dict:
+        """In every checkpoint: the step-0 embeddings (whatever ``save_features`` says), so a resumed run keeps
+        comparing with its true start, not with the first evaluation after the restart."""
+        return {"init": self.init} if self.init is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("init") is not None:
+            self.init = {k: v.cpu() for k, v in state_dict["init"].items()}
+
     def on_train_start(self, trainer, pl_module):
         if not self.enabled:
             return

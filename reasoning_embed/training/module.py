@@ -32,6 +32,9 @@ class ContrastiveModule(L.LightningModule):
         self.val_sets = []  # RetrievalSets, given by the entry point (from the datamodule)
         self.last_val: dict = {}
         self.last_val_step = -1
+        self.initial_val: dict = {}  # the untrained model's held-out scores, carried in every checkpoint
+        self.last_spread: dict = {}  # embedding spread at the last validation (collapse detection)
+        self.collapsed = False
         self.effective_recipe = ""
         self._tokens, self._step_time = 0, 0.0  # useful tokens (all ranks) and synchronised step seconds
         self._flops_shape = None  # (non-embedding params, trainable ones, layers, hidden), set at train start
@@ -47,7 +50,6 @@ class ContrastiveModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self):
-        self._skip_consumed_batches()
         self._start_throughput()
         world = self.trainer.world_size
         dm = self.trainer.datamodule
@@ -68,16 +70,6 @@ class ContrastiveModule(L.LightningModule):
         from reasoning_embed.training.strategies import configure_sharding
 
         configure_sharding(self)  # FSDP2: one unit per decoder layer, the backbone as root (no-op otherwise)
-
-    def _skip_consumed_batches(self):
-        # Resuming mid-epoch: skip the batches this epoch already consumed (the sampler is deterministic).
-        # Lightning does not call on_train_epoch_start when it restarts mid-epoch, hence on_train_start too.
-        sampler = getattr(self.trainer.datamodule, "sampler", None)
-        if sampler is not None:
-            sampler.skip = max(0, self.global_step - self.current_epoch * len(sampler))
-
-    def on_train_epoch_start(self):
-        self._skip_consumed_batches()
 
     def _gather(self, p: torch.Tensor) -> tuple[torch.Tensor, int]:
         if self.trainer.world_size > 1:
@@ -206,11 +198,35 @@ class ContrastiveModule(L.LightningModule):
         for metric in ("ndcg@10", "recall@10", "mrr@10"):
             values = [v for k, v in results.items() if k.endswith("/" + metric)]
             results[f"val/{metric}"] = sum(values) / len(values)
+        results.update(self._spread(val_sets))
         self.last_val = results
         self.last_val_step = int(self.global_step)
         # every rank computed the same numbers on the full held-out set: no cross-rank reduction needed
         self.log_dict(results, prog_bar=False, rank_zero_only=True, sync_dist=False)
         self.log("val_ndcg", results["val/ndcg@10"], prog_bar=True, logger=False, rank_zero_only=True)
+
+    def _spread(self, val_sets) -> dict:
+        """Spread of the held-out passages' embeddings; a warning when they have collapsed onto one direction."""
+        from reasoning_embed.training.spread import embedding_spread, is_collapsed
+
+        texts = [t for vs in val_sets for t in vs.corpus[:256]][:256]
+        if len(texts) < 2:
+            return {}
+        self.last_spread = embedding_spread(self.encoder.encode(texts, None, self.hparams.eval_batch_size,
+                                                                is_query=False))
+        collapsed = is_collapsed(self.last_spread)
+        if collapsed and not self.collapsed:
+            log.warning("embeddings COLLAPSED at step %d: mean pairwise cosine %.3f, effective rank %.2f "
+                        "(retrieval is at chance; lower the learning rate or raise the temperature)",
+                        self.global_step, self.last_spread["mean_cosine"], self.last_spread["effective_rank"])
+        self.collapsed = collapsed
+        return {f"val/spread/{k}": v for k, v in self.last_spread.items()}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["initial_val"] = self.initial_val
+
+    def on_load_checkpoint(self, checkpoint):
+        self.initial_val = dict(checkpoint.get("initial_val", {}))
 
     def throughput(self) -> float:
         """Useful tokens per second over all steps (all ranks' tokens, synchronised step time)."""
