@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from reasoning_embed.foundry.problems import Problem, lenient_answer, reward
 from reasoning_embed.foundry.sampling import decode
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+from reasoning_embed.utils.stats import wilson_interval
 
 
 @torch.no_grad()
