@@ -38,7 +38,7 @@ def _benchmark_spec(cfg: DictConfig):
 
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run the configured evaluation into ``out_dir`` (the Hydra run dir). Returns the summary."""
+    """Run the configured evaluation into ``out_dir`` (``out=``, else the Hydra run dir). Returns the summary."""
     from reasoning_embed.evaluation.runner import evaluate_model
 
     bench = _benchmark_spec(cfg)
@@ -70,11 +70,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
 @user_errors_exit
 def _hydra_main(cfg: DictConfig) -> float | None:
     quiet_environment()
-    from hydra.core.hydra_config import HydraConfig
-
     from reasoning_embed.evaluation.errors import EvaluationFailedError
+    from reasoning_embed.utils.hydra_utils import results_dir
 
-    out_dir = HydraConfig.get().runtime.output_dir
+    out_dir = results_dir(cfg)  # out= when given, even with hydra.run.dir set elsewhere
     with open_dict(cfg):
         cfg.out = out_dir
     try:

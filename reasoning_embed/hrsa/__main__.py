@@ -19,8 +19,13 @@ from reasoning_embed.utils.hydra_utils import quiet_environment, user_errors_exi
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
     quiet_environment()
-    from reasoning_embed.hrsa.pipeline import run_hrsa
+    from omegaconf import open_dict
 
+    from reasoning_embed.hrsa.pipeline import run_hrsa
+    from reasoning_embed.utils.hydra_utils import results_dir
+
+    with open_dict(cfg):
+        cfg.paths.output_dir = results_dir(cfg)  # out= when given, even with hydra.run.dir set elsewhere
     report = run_hrsa(cfg)
     return report["cka"]["diagonal_biased"][-1]
 

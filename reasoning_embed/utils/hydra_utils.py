@@ -148,6 +148,6 @@ def results_dir(cfg) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = HydraConfig.get().overrides.task
-    if False:
+    if any(o.split("=", 1)[0].lstrip("+~") == "out" for o in overrides) and cfg.get("out"):
         return str(cfg.out)
     return HydraConfig.get().runtime.output_dir
