@@ -64,7 +64,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from reasoning_embed.hrsa import CKAAccumulator  # noqa: E402
 
 L, D, LATENT, BATCH = 13, 512, 64, 1024
-DEVICE = torch.device("cpu")              # L, D and DEVICE are set from the command line (configure)
+DEVICE = torch.device("cpu")              # L, D, DEVICE and THREADS are set from the command line (configure)
+THREADS = 2
 
 
 def model_weights(seed: int = 0):
@@ -156,6 +157,26 @@ def run_stream(n: int, W, out: str, dtype: torch.dtype) -> dict:
             "state_mib": acc.state_nbytes / 2 ** 20, "debiased_diag_mean": float(np.diag(Md).mean())}
 
 
+def run_blocked(n: int, W, out: str, dtype: torch.dtype) -> dict:
+    """The HRSA run's engine (cka_matrix_blocked, defaults: float32 GEMMs, float64 sums) on the same rows held
+    in RAM like the reference's (so both sides read the same data; the feature cache is not involved)."""
+    from reasoning_embed.hrsa.cka_blocked import cka_matrix_blocked
+
+    base = rss_mib()
+    xs, ys = zip(*batches(n, W))
+    X, Y = torch.cat(xs, 1), torch.cat(ys, 1)
+    del xs, ys
+    sync()
+    t0 = time.perf_counter()
+    res = cka_matrix_blocked(X, Y, compute_dtype=dtype, device=DEVICE, log=lambda s: None)
+    M = res.compute().numpy()
+    sync()
+    wall = time.perf_counter() - t0
+    np.save(out, M)
+    return {"wall_s": wall, "peak_mib": peak_mib() - base,
+            "gflops": 2.0 * n * D * D * (L * L + 2 * L) / wall / 1e9}
+
+
 def run_generate_only(n: int, W) -> dict:
     """Peak of producing the batches alone (the fake model's own transient memory)."""
     base = rss_mib()
@@ -180,12 +201,12 @@ def run_plain_matmul(n: int, W, dtype: torch.dtype) -> dict:
 
 
 def configure(args) -> None:
-    global L, D, DEVICE
-    L, D, DEVICE = args.layers, args.dim, torch.device(args.device)
+    global L, D, DEVICE, THREADS
+    L, D, DEVICE, THREADS = args.layers, args.dim, torch.device(args.device), args.threads
 
 
 def child(args) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     configure(args)
     W = model_weights()
     dtype = {"fp32": torch.float32, "fp64": torch.float64}[args.dtype]
@@ -193,6 +214,8 @@ def child(args) -> None:
         res = run_reference(args.rows, W, args.out)
     elif args.mode == "stream":
         res = run_stream(args.rows, W, args.out, dtype)
+    elif args.mode == "blocked":
+        res = run_blocked(args.rows, W, args.out, dtype)
     elif args.mode == "gen":
         res = run_generate_only(args.rows, W)
     else:
@@ -202,7 +225,8 @@ def child(args) -> None:
 
 def spawn(mode: str, rows: int, dtype: str, out: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode, "--rows", str(rows),
-           "--dtype", dtype, "--out", out, "--layers", str(L), "--dim", str(D), "--device", str(DEVICE)]
+           "--dtype", dtype, "--out", out, "--layers", str(L), "--dim", str(D), "--device", str(DEVICE),
+           "--threads", str(THREADS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -219,6 +243,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=L, help="layers per model (29 for Qwen2.5-1.5B incl. embeddings)")
     p.add_argument("--dim", type=int, default=D, help="hidden size (1536 for Qwen2.5-1.5B)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per child (1 on a heavily loaded machine)")
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -227,26 +252,29 @@ def main() -> None:
     big, small = (4000, 2000) if args.quick else (args.rows, args.small_rows)
     tmp = tempfile.mkdtemp(prefix="bench_cka_")
     f = lambda name: os.path.join(tmp, name + ".npy")  # noqa: E731
-    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU, 2 threads"
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"CPU, {THREADS} thread(s)"
     print(f"{L} x {L} layer pairs, d={D}, batches of {BATCH} rows, torch {torch.__version__}, {where}, "
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     ref = spawn("ref", big, "fp32", f("ref"))
     print(f"reference (in RAM, fp32, 3 GEMMs/pair)  {big} rows: wall {ref['wall_s']:6.1f} s  peak +{ref['peak_mib']:.0f} MiB")
+    blk = spawn("blocked", big, "fp32", f("blk"))
+    print(f"HRSA run's engine, default (blocked, fp32 GEMMs / fp64 sums, rows in RAM) {big} rows: wall "
+          f"{blk['wall_s']:6.1f} s  peak +{blk['peak_mib']:.0f} MiB  speedup {ref['wall_s'] / blk['wall_s']:.2f}x")
     s32 = spawn("stream", big, "fp32", f("s32"))
-    print(f"ours fp32-GEMM / fp64-acc  {big} rows: wall {s32['wall_s']:6.1f} s  peak +{s32['peak_mib']:.0f} MiB  "
-          f"(state {s32['state_mib']:.0f} MiB)  speedup {ref['wall_s'] / s32['wall_s']:.2f}x")
+    print(f"ours streaming, default (fp32-GEMM / fp64-acc)  {big} rows: wall {s32['wall_s']:6.1f} s  peak "
+          f"+{s32['peak_mib']:.0f} MiB  (state {s32['state_mib']:.0f} MiB)  speedup {ref['wall_s'] / s32['wall_s']:.2f}x")
     s32h = spawn("stream", small, "fp32", f("s32h"))
     print(f"ours fp32-GEMM / fp64-acc  {small} rows: wall {s32h['wall_s']:6.1f} s  peak +{s32h['peak_mib']:.0f} MiB  "
           f"(peak must not grow with rows)")
     s64 = spawn("stream", big, "fp64", f("s64"))
-    print(f"ours fp64 (default)        {big} rows: wall {s64['wall_s']:6.1f} s  peak +{s64['peak_mib']:.0f} MiB  "
+    print(f"ours streaming fp64 GEMMs (opt-in exact)  {big} rows: wall {s64['wall_s']:6.1f} s  peak +{s64['peak_mib']:.0f} MiB  "
           f"speedup {ref['wall_s'] / s64['wall_s']:.2f}x")
     gen = spawn("gen", big, "fp32", "")
     print(f"(generating the fake batches alone peaks at +{gen['peak_mib']:.0f} MiB, included in 'ours' above; "
           f"accumulator state: {s32['state_mib']:.0f} MiB fp32 mode, {s64['state_mib']:.0f} MiB fp64 mode)")
-    R, A, E = np.load(f("ref")), np.load(f("s32")), np.load(f("s64"))
+    R, A, E, B = np.load(f("ref")), np.load(f("s32")), np.load(f("s64")), np.load(f("blk"))
     print(f"max |ours32 - reference| = {np.abs(A - R).max():.2e}   max |ours32 - fp64| = {np.abs(A - E).max():.2e}   "
-          f"max |reference - fp64| = {np.abs(R - E).max():.2e}")
+          f"max |reference - fp64| = {np.abs(R - E).max():.2e}   max |blocked default - fp64| = {np.abs(B - E).max():.2e}")
     plain = spawn("plain", big, "fp32", "")
     print(f"achieved {s32['gflops']:.0f} GFLOP/s (fp32 GEMMs, all overheads) vs {plain['gflops']:.0f} GFLOP/s for plain "
           f"torch matmuls of the same shapes: ratio {s32['gflops'] / plain['gflops']:.2f}")

@@ -105,7 +105,7 @@ class BlockPlan:
     est_seconds: float | None = None
 
     def describe(self) -> str:
-        gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+        gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"  # noqa: E731
         pairs = len(self.blocks_a) * len(self.blocks_b)
         return (f"CKA plan: {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers, {pairs} block pairs), row chunks of "
@@ -218,9 +218,9 @@ class BlockedCKA:
     (``compute(debiased)``, ``n``, ``track_debiased``)."""
 
     def __init__(self, biased: torch.Tensor, debiased: torch.Tensor | None, n: int, plan: BlockPlan,
-                 seconds: float):
+                 seconds: float, timings: dict | None = None):
         self._biased, self._debiased = biased, debiased
-        self.n, self.plan, self.seconds = n, plan, seconds
+        self.n, self.plan, self.seconds, self.timings = n, plan, seconds, timings or {}
         self.track_debiased = debiased is not None
 
     def compute(self, debiased: bool = False) -> torch.Tensor:
@@ -251,9 +251,14 @@ def _centred(src: RowSource, layers, s, e, mean, cd, device, want_norms: bool):
     x = torch.empty(len(layers), e - s, src.dim, dtype=cd, device=device)
     a = torch.empty(len(layers), e - s, dtype=torch.float64, device=device) if want_norms else None
     for k, layer in enumerate(layers):
-        x[k] = src.read(layer, s, e).to(device=device, dtype=torch.float64) - mean[layer]
+        t = src.read(layer, s, e).to(device=device, dtype=torch.float64, copy=True)   # never the source itself
+        t -= mean[layer]
+        x[k] = t
         if want_norms:                              # from the values the GEMMs see: one consistent data set
-            a[k] = x[k].to(torch.float64).square().sum(1)
+            if cd != torch.float64:
+                t.copy_(x[k])
+            a[k] = t.square_().sum(1)
+        del t
     return x, a
 
 
@@ -294,28 +299,27 @@ def _self_terms(src, mean, block, chunk, cd, device, debiased, bar):
     return hh, sa, saa
 
 
-def _cross_terms(src_a, src_b, ma, mb, plan, cd, device, debiased, bar):
+def _cross_terms(src_a, src_b, ma, mb, plan, cd, device, debiased, bar, block_pairs=None):
     """||Cc_ij||_F^2 and sum_t a_it b_jt for every layer pair, block pair by block pair."""
     La, Lb, n = src_a.n_layers, src_b.n_layers, src_a.n_rows
-    num = torch.zeros(La, Lb, dtype=torch.float64, device=device)
+    num = torch.full((La, Lb), float("nan"), dtype=torch.float64, device=device)
     ab = torch.zeros(La, Lb, dtype=torch.float64, device=device)
-    for Ia in plan.blocks_a:
-        for Jb in plan.blocks_b:
-            C = _Sums((len(Ia), len(Jb), src_a.dim, src_b.dim), cd, device)
-            for s, e in _chunks(n, plan.row_chunk):
-                x, a = _centred(src_a, Ia, s, e, ma, cd, device, debiased)
-                y, b = _centred(src_b, Jb, s, e, mb, cd, device, debiased)
-                for i in range(len(Ia)):
-                    xt = x[i].T
-                    for j in range(len(Jb)):
-                        C.addmm((i, j), xt, y[j])
-                if debiased:
-                    ab[Ia[0]:Ia[-1] + 1, Jb[0]:Jb[-1] + 1] += a @ b.T
-                del x, y, a, b
-                if bar is not None:
-                    bar.update(e - s)
-            num[Ia[0]:Ia[-1] + 1, Jb[0]:Jb[-1] + 1] = torch.linalg.matrix_norm(C.total) ** 2
-            del C
+    for Ia, Jb in [(Ia, Jb) for Ia in plan.blocks_a for Jb in plan.blocks_b][:block_pairs]:
+        C = _Sums((len(Ia), len(Jb), src_a.dim, src_b.dim), cd, device)
+        for s, e in _chunks(n, plan.row_chunk):
+            x, a = _centred(src_a, Ia, s, e, ma, cd, device, debiased)
+            y, b = _centred(src_b, Jb, s, e, mb, cd, device, debiased)
+            for i in range(len(Ia)):
+                xt = x[i].T
+                for j in range(len(Jb)):
+                    C.addmm((i, j), xt, y[j])
+            if debiased:
+                ab[Ia[0]:Ia[-1] + 1, Jb[0]:Jb[-1] + 1] += a @ b.T
+            del x, y, a, b
+            if bar is not None:
+                bar.update(e - s)
+        num[Ia[0]:Ia[-1] + 1, Jb[0]:Jb[-1] + 1] = torch.linalg.matrix_norm(C.total) ** 2
+        del C
     return num, ab
 
 
@@ -326,12 +330,14 @@ def _ratio(num, den2):
 
 @torch.no_grad()
 def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=None,
-                       compute_dtype: torch.dtype = torch.float32, device=None, plan: BlockPlan | None = None, progress: bool = False, log=None) -> BlockedCKA:
+                       compute_dtype: torch.dtype = torch.float32, device=None, plan: BlockPlan | None = None,
+                       progress: bool = False, log=None, block_pairs: int | None = None) -> BlockedCKA:
     """Biased (and debiased) linear CKA of all La x Lb layer pairs within ``memory_budget``.
 
     ``src_a``/``src_b``: :class:`RowSource` (e.g. a feature-cache reader) or ``L x n x d`` tensors.
     ``compute_dtype``: float32 (default, float64 accumulation) or float64. ``log``: a callable
     that receives the plan's description before the work starts (default: the module logger).
+    ``block_pairs``: compute only the first N block pairs, the other entries stay NaN (benchmarks).
     """
     import logging
 
@@ -356,11 +362,24 @@ def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=Non
 
         total = n * (2 + len(plan.blocks_a) * len(plan.blocks_b))
         bar = tqdm(total=total, desc="hrsa CKA blocks", unit="row", unit_scale=True)
-    chunk = plan.row_chunk
+    chunk, timings = plan.row_chunk, {}
+
+    def tick(name, t):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timings[name] = time.perf_counter() - t
+        return time.perf_counter()
+
+    t = time.perf_counter()
     ma, mb = _means(src_a, chunk, dev), _means(src_b, chunk, dev)
+    t = tick("means_s", t)
     hx, sa, saa = _self_terms(src_a, ma, plan.self_block_a, chunk, cd, dev, debiased, bar)
     hy, sb, sbb = _self_terms(src_b, mb, plan.self_block_b, chunk, cd, dev, debiased, bar)
-    num, ab = _cross_terms(src_a, src_b, ma, mb, plan, cd, dev, debiased, bar)
+    t = tick("self_s", t)
+    num, ab = _cross_terms(src_a, src_b, ma, mb, plan, cd, dev, debiased, bar, block_pairs)
+    tick("cross_s", t)
+    n_pairs = len(plan.blocks_a) * len(plan.blocks_b)
+    timings["block_pairs_done"] = min(n_pairs, block_pairs or n_pairs)
     if bar is not None:
         bar.close()
     biased = _ratio(num, hx[:, None] * hy[None, :]).cpu()
@@ -370,4 +389,4 @@ def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=Non
         num_u = num - c1 * ab + c2 * sa[:, None] * sb[None, :]
         hx_u, hy_u = hx - c1 * saa + c2 * sa * sa, hy - c1 * sbb + c2 * sb * sb
         unbiased = _ratio(num_u, hx_u[:, None] * hy_u[None, :]).cpu()
-    return BlockedCKA(biased, unbiased, n, plan, time.perf_counter() - t0)
+    return BlockedCKA(biased, unbiased, n, plan, time.perf_counter() - t0, timings)

@@ -90,13 +90,13 @@ class _StatesFile:
     """Positioned reads and writes of ``L x N x d`` rows in one raw file."""
 
     def __init__(self, path: Path, L: int, N: int, d: int, storage: str, create: bool):
-        self.path, self.L, self.N, self.d, self.storage = path, L, N, d, storage
+        self.path, self.L, self.N, self.d, self.storage = Path(path), L, N, d, storage
         self.tdtype, self.ndtype = STORAGE[storage]
         self.itemsize = np.dtype(self.ndtype).itemsize
-        if create or not path.exists():
-            with open(path, "wb") as f:
+        if create or not self.path.exists():
+            with open(self.path, "wb") as f:
                 f.truncate(L * N * d * self.itemsize)
-        self.fd = os.open(path, os.O_RDWR)
+        self.fd = os.open(self.path, os.O_RDWR)
 
     def _offset(self, layer: int, row: int) -> int:
         return ((layer * self.N) + row) * self.d * self.itemsize

@@ -4,10 +4,13 @@ Each model is read with its own attention mode (``causal`` for a base LLM as pre
 ``bidirectional`` for an embedding model); :func:`resolve_attention` turns ``auto`` into one of them
 from the model's ``config.json`` (``is_causal: false`` = an exported embedding model).
 
-:func:`extract_features` runs both models over the texts batch by batch and keeps
+:func:`extract_features` runs each model over the texts once into the feature cache
+(:mod:`.feature_cache`: hidden states on disk, reused by later runs; batches from the one encode
+loop's pieces in :mod:`reasoning_embed.models.encode`) and reads it back to keep
 
-* a :class:`~reasoning_embed.hrsa.CKAAccumulator` fed with *every* kept row of every selected
-  layer (float64 sufficient statistics; the rows themselves are dropped after each batch);
+* the linear CKA (biased and debiased) of *every* kept row of every selected layer pair, computed
+  by :func:`~reasoning_embed.hrsa.cka_blocked.cka_matrix_blocked` in layer blocks and row chunks
+  that fit ``memory_budget``;
 * a seeded **sample** of rows, identical for both models, for the metrics that need rows
   (k-NN, Procrustes, dimension-wise correlation, nulls): at most ``max_sample`` rows, drawn **by
   text** (texts in a seeded random order, all their kept tokens or ``sample_tokens_per_text`` of
@@ -26,7 +29,7 @@ first token of each text (``exclude_first_token``, the usual attention sink). Sa
 model input is identical to an earlier row's in *both* models (same token prefix when both read
 causally, e.g. the ``def`` that opens many code texts) are left out of the sample
 (``dedupe_sample``): they would be near-duplicate rows (equal up to batch-dependent rounding), which
-corrupt k-NN neighbour sets; they still count in the streamed CKA.
+corrupt k-NN neighbour sets; they still count in the CKA.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from reasoning_embed.errors import TokenizerMismatchError
 from reasoning_embed.models.pooling import POOLING_MODES
 
 from .cka_blocked import BlockedCKA, TensorSource, cka_matrix_blocked
-from .feature_cache import extract_states
+from .feature_cache import STORAGE, extract_states
 
 LEVELS = ("token", "pooled")
 POOLINGS = POOLING_MODES  # the encoder's pooling names
@@ -297,6 +300,24 @@ def _sample_index(slots, n_sample):
     return sample_text, sample_pos
 
 
+def _plan(la, lb, d_a, d_b, texts_ok, kept_a, ids_a, level, cache_dtype, compute_dtype, memory_budget, device,
+          cache_dir):
+    """The CKA's blocks for the rows to come, logged before any work starts (with the extraction's size)."""
+    import logging
+
+    from .cka_blocked import gemm_gflops, plan_blocks
+
+    n = sum(len(kept_a[t]) for t in texts_ok) if level == "token" else len(texts_ok)
+    storage = STORAGE[cache_dtype][0].itemsize if level == "token" else 4
+    plan = plan_blocks(len(la), len(lb), d_a, d_b, n, memory_budget, compute_dtype, storage_bytes=storage,
+                       gflops=gemm_gflops(compute_dtype, device or "cpu"))
+    tokens = sum(len(ids_a[t]) for t in texts_ok)
+    logging.getLogger("reasoning_embed.hrsa").info(
+        "plan: hidden states of %d texts (%d tokens) per model into the feature cache %s (%s), then %s",
+        len(texts_ok), tokens, cache_dir or "(temporary)", cache_dtype, plan.describe())
+    return plan
+
+
 def _model_states(enc, ids, layers, probe, cache_dir, batch_size, storage, progress, name):
     stored = sorted(set(layers) | {probe})
     return extract_states(enc, ids, stored, cache_dir=cache_dir, batch_size=batch_size, storage=storage,
@@ -322,6 +343,8 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if max_sample < 1:
         raise ValueError(f"max_sample must be >= 1, got {max_sample}")
+    if cache_dtype not in STORAGE:
+        raise ValueError(f"cache dtype must be one of {sorted(STORAGE)}, got {cache_dtype!r}")
     t0 = time.perf_counter()
     texts = list(texts)
     ids_a, ids_b, tok_report = _tokenize_pair(enc_a, enc_b, texts, level, max_length, names)
@@ -335,13 +358,15 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
     la, lb = select_layers(na, layers), select_layers(nb, layers)
     pa, pb = select_layers(na, [probe_layer])[0], select_layers(nb, [probe_layer])[0]
     texts_ok = [int(t) for t in np.flatnonzero(text_ok)]
+    plan = _plan(la, lb, d_a, d_b, texts_ok, kept_a, ids_a, level, cache_dtype, cka_compute_dtype, memory_budget,
+                 device, cache_dir)
     with tempfile.TemporaryDirectory(prefix="hrsa_features_") as tmp:
         root = cache_dir if cache_dir is not None else tmp
         st_a = _model_states(enc_a, ids_a, la, pa, root, batch_size, cache_dtype, progress, names[0])
         st_b = _model_states(enc_b, ids_b, lb, pb, root, batch_size, cache_dtype, progress, names[1])
         src_a, src_b = _analysis_sources(st_a, st_b, la, lb, kept_a, kept_b, texts_ok, level, pooling)
-        cka = cka_matrix_blocked(src_a, src_b, debiased=cka_debiased, memory_budget=memory_budget,
-                                 compute_dtype=cka_compute_dtype, device=device, progress=progress)
+        cka = cka_matrix_blocked(src_a, src_b, debiased=cka_debiased, plan=plan, compute_dtype=cka_compute_dtype,
+                                 device=device, progress=progress, log=lambda msg: None)
         sample_a = _read_sample(st_a, la, slots, n_sample, level, src_a, texts_ok)
         sample_b = _read_sample(st_b, lb, slots, n_sample, level, src_b, texts_ok)
         pooled_a = torch.full((len(texts), d_a), float("nan"))

@@ -123,7 +123,8 @@ def run_hrsa(cfg) -> dict:
         sample_tokens_per_text=cfg.get("sample_tokens_per_text"), dedupe_sample=bool(cfg.dedupe_sample),
         probe_layer=int(cfg.probe_layer), seed=int(cfg.seed), cka_debiased=bool(cfg.cka.debiased),
         cka_compute_dtype=compute_dtype, progress=bool(cfg.progress),
-        names=(str(info_a["name"]), str(info_b["name"])))
+        names=(str(info_a["name"]), str(info_b["name"])), cache_dir=cfg.cache.get("dir"),
+        cache_dtype=str(cfg.cache.dtype), memory_budget=cfg.get("memory_budget"), device=device)
     del enc_a, enc_b
 
     report, arrays = analyze(
@@ -150,6 +151,7 @@ def run_hrsa(cfg) -> dict:
                        "padding": True},
         "texts": {"source": texts.source, **texts.info},
         "tokenizers": ext.tokenizers,
+        "feature_cache": ext.cache,
         "n_texts": c["texts_used"], "n_tokens": c["tokens_kept"], "d": {"model_a": ext.d_a, "model_b": ext.d_b},
         "n": {**c, "knn_rows": report.get("knn", {}).get("n_rows"),
               "stats_rows": report.get("stats", {}).get("n_rows"),

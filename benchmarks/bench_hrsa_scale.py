@@ -1,0 +1,188 @@
+"""Benchmark: the L x L CKA at the paper's real size within a memory budget, reading the feature cache.
+
+Run:  .venv/bin/python benchmarks/bench_hrsa_scale.py                 (20,000 tokens; long on a 2-core CPU)
+      .venv/bin/python benchmarks/bench_hrsa_scale.py --quick         (5,000 tokens)
+      .venv/bin/python benchmarks/bench_hrsa_scale.py --quick --block-pairs 1   (each budget computes its first
+                                                                      block pair only; wall time extrapolated)
+
+Synthetic features of the real shapes: two "models" of 29 hidden states (embedding output + 28 blocks,
+Qwen2.5-1.5B) of width 1536 over N tokens (a shared latent space, layer-specific noise, large per-dimension
+means), written once in the feature cache's on-disk format (bfloat16, as a model run in bf16 gives them).
+Then, each in its own subprocess so that its peak RSS (``ru_maxrss``, the whole process: interpreter,
+torch, statistics, buffers) is clean:
+
+* for budgets of 2, 4 and 8 GB: the plan, the wall time, the peak RSS (target: <= budget + 1 GB) and the
+  FLOP/s of the block computation against plain float32 matmuls of the same shapes in the same process
+  (target: >= 0.5). With ``--block-pairs K`` only the first K block pairs of the cross pass run (the means
+  and self passes run in full); the full wall time is then extrapolated from the time per block pair and
+  marked "est.";
+* agreement with today's engine (CKAAccumulator, float64 GEMMs, all pairs at once) on a shape it can hold:
+  12 x 12 layers of width 128, 2,000 tokens, same cached features, the new engine forced into blocks with
+  a 2 MB budget, in its default float32-GEMM mode (max relative difference over the biased and the debiased
+  matrices), and in float64 mode.
+
+The last line reads ``hrsa scale: tokens N, budget B GB, peak rss P GB, flops ratio R, max rel diff D`` for
+the largest budget. ``--threads`` torch threads (default 1: on a shared, loaded 2-core CPU two threads
+spin in OpenMP barriers and run slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reasoning_embed.hrsa.cka_blocked import cka_matrix_blocked, plan_blocks  # noqa: E402
+from reasoning_embed.hrsa.feature_cache import CachedStates, _StatesFile  # noqa: E402
+
+LAYERS, DIM, LATENT, STORAGE = 29, 1536, 64, "bfloat16"
+THREADS = 1
+AGREE = (12, 128, 2000)         # layers, width, tokens of the shape today's engine holds for the agreement check
+
+
+def write_features(folder: str, n: int, L: int, d: int, seed: int = 0) -> None:
+    """Two models' synthetic hidden states, L x n x d each, in the cache format (one layer at a time)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, LATENT, generator=g)
+    for name, mix in (("a", 1.0), ("b", 0.6)):
+        f = _StatesFile(os.path.join(folder, f"{name}.bin"), L, n, d, STORAGE, create=True)
+        for layer in range(L):
+            W = torch.randn(LATENT, d, generator=g) / LATENT ** 0.5
+            noise = 0.2 + layer / L
+            x = mix * z @ W + noise * torch.randn(n, d, generator=g) + 3.0 * torch.randn(d, generator=g)
+            for s in range(0, n, 4096):
+                f.write(layer, s, x[s:s + 4096])
+        f.close()
+
+
+def open_source(folder: str, name: str, n: int, L: int, d: int):
+    f = _StatesFile(os.path.join(folder, f"{name}.bin"), L, n, d, STORAGE, create=False)
+    st = CachedStates(path=folder, layers=list(range(L)), dim=d, offsets=np.array([0, n]), max_abs=None,
+                      max_abs_first=None, file=f)
+    return st.source(list(range(L)))
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def plain_gflops(chunk: int, d: int, reps: int = 6) -> float:
+    """float32 GEMMs of the engine's shape (chunk x d)^T (chunk x d), nothing else."""
+    x, y = torch.randn(chunk, d), torch.randn(chunk, d)
+    out = torch.empty(d, d)
+    torch.mm(x.T, y, out=out)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(x.T, y, out=out)
+    return 2.0 * chunk * d * d * reps / (time.perf_counter() - t) / 1e9
+
+
+def child_budget(args) -> dict:
+    n, L, d = args.tokens, LAYERS, DIM
+    src_a, src_b = open_source(args.folder, "a", n, L, d), open_source(args.folder, "b", n, L, d)
+    plan = plan_blocks(L, L, d, d, n, args.budget, torch.float32, storage_bytes=2)
+    res = cka_matrix_blocked(src_a, src_b, plan=plan, log=lambda s: None, block_pairs=args.block_pairs or None)
+    tm = res.timings
+    pairs = [(Ia, Jb) for Ia in plan.blocks_a for Jb in plan.blocks_b]
+    done = pairs[:tm["block_pairs_done"]]
+    flops_done = 2.0 * n * d * d * (2 * L + sum(len(Ia) * len(Jb) for Ia, Jb in done))
+    wall_done = tm["means_s"] + tm["self_s"] + tm["cross_s"]
+    per_pair = tm["cross_s"] / max(1, len(done))
+    wall_full = tm["means_s"] + tm["self_s"] + per_pair * len(pairs)
+    return {"plan": plan.describe(), "block_pairs": len(pairs), "block_pairs_done": len(done),
+            "wall_s": wall_done, "wall_full_s": wall_full, "timings": tm, "peak_rss_gb": peak_gb(),
+            "gflops": flops_done / wall_done / 1e9, "plain_gflops": plain_gflops(plan.row_chunk, d),
+            "state_gb": plan.state_bytes / 1e9}
+
+
+def child_agree(args) -> dict:
+    from reasoning_embed.hrsa import CKAAccumulator
+
+    L, d, n = AGREE
+    src_a, src_b = open_source(args.folder, "a", n, L, d), open_source(args.folder, "b", n, L, d)
+    acc = CKAAccumulator(debiased=True, compute_dtype=torch.float64)
+    for s in range(0, n, 1024):
+        e = min(n, s + 1024)
+        acc.update(torch.stack([src_a.read(k, s, e).double() for k in range(L)]),
+                   torch.stack([src_b.read(k, s, e).double() for k in range(L)]))
+    ref = [acc.compute(False), acc.compute(True)]
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+        res = cka_matrix_blocked(src_a, src_b, memory_budget="2MB", compute_dtype=dtype, log=lambda s: None)
+        out[name] = max(float(((res.compute(deb) - r).abs() / r.abs()).max()) for deb, r in ((False, ref[0]),
+                                                                                          (True, ref[1])))
+        out["plan"] = res.plan.describe()
+    return out
+
+
+def spawn(mode: str, folder: str, **kw) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--folder", folder, "--threads", str(THREADS)]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--child", default=None)
+    p.add_argument("--folder", default="")
+    p.add_argument("--tokens", type=int, default=20000)
+    p.add_argument("--budget", default="8GB")
+    p.add_argument("--budgets", default="2,4,8", help="GB, comma separated")
+    p.add_argument("--block-pairs", type=int, default=0, help="only the first K block pairs (0: all)")
+    p.add_argument("--quick", action="store_true", help="5,000 tokens")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the HRSA run's default on shared CPUs)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child_budget(args) if args.child == "budget" else child_agree(args)))
+        return
+    global THREADS
+    THREADS = args.threads
+    n = 5000 if args.quick else args.tokens
+    print(f"{LAYERS} x {LAYERS} layers, d={DIM}, {n} tokens, {STORAGE} feature cache, torch {torch.__version__}, "
+          f"CPU, {args.threads} thread(s), load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="bench_hrsa_scale_") as tmp:
+        big, small = os.path.join(tmp, "big"), os.path.join(tmp, "small")
+        os.makedirs(big)
+        os.makedirs(small)
+        t = time.perf_counter()
+        write_features(big, n, LAYERS, DIM)
+        write_features(small, AGREE[2], AGREE[0], AGREE[1], seed=1)
+        print(f"synthetic features written in {time.perf_counter() - t:.0f} s "
+              f"({2 * LAYERS * n * DIM * 2 / 1e9:.2f} GB on disk)")
+        agree = spawn("agree", small)
+        print(f"agreement with today's engine (CKAAccumulator float64) on {AGREE[0]} x {AGREE[0]} layers, "
+              f"d={AGREE[1]}, {AGREE[2]} tokens, "
+              f"blocked: max rel diff {agree['float32']:.1e} (default float32 GEMMs), {agree['float64']:.1e} (float64)")
+        last = None
+        for gb in [float(v) for v in args.budgets.split(",")]:
+            r = spawn("budget", big, tokens=n, budget=f"{gb:g}GB", block_pairs=args.block_pairs)
+            est = r["block_pairs_done"] < r["block_pairs"]
+            print(f"budget {gb:g} GB: {r['plan']}")
+            print(f"    peak rss {r['peak_rss_gb']:.2f} GB (<= {gb + 1:g}: {r['peak_rss_gb'] <= gb + 1}), wall "
+                  f"{r['wall_full_s']:.0f} s{' est. (' + str(r['block_pairs_done']) + ' of ' + str(r['block_pairs']) + ' block pairs run: ' + format(r['wall_s'], '.0f') + ' s)' if est else ''}"
+                  f" [means {r['timings']['means_s']:.1f} s, self {r['timings']['self_s']:.1f} s, cross "
+                  f"{r['timings']['cross_s']:.1f} s], {r['gflops']:.1f} GFLOP/s vs plain matmul "
+                  f"{r['plain_gflops']:.1f}: ratio {r['gflops'] / r['plain_gflops']:.2f}")
+            last = (gb, r)
+        print(f"load average at end {os.getloadavg()[0]:.1f}")
+    gb, r = last
+    print(f"hrsa scale: tokens {n}, budget {gb:g} GB, peak rss {r['peak_rss_gb']:.2f} GB, flops ratio "
+          f"{r['gflops'] / r['plain_gflops']:.2f}, max rel diff {agree['float32']:.1e}")
+
+
+if __name__ == "__main__":
+    main()
