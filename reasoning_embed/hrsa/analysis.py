@@ -11,7 +11,10 @@ Which rows each metric sees (all recorded in the output):
 * nulls and intervals (CKA and k-NN, diagonal pairs of ``stats_layers``): the *stats sample*, the
   same ``stats_tokens_per_text`` random tokens from each of at most ``stats_max_texts`` sample texts
   (token level; all sample texts at the pooled level), so every text is exchangeable with every
-  other in the permutation null; bootstrap resamples texts, permutations re-pair texts;
+  other in the permutation null; intervals are a delete-a-block jackknife over texts (no resampled
+  copies), permutations re-pair texts, and every score carries its null-calibrated value
+  (:mod:`.calibration`); with ``stats_layers=all`` the best and mean CKA over the layer pairs are
+  calibrated with one permutation shared by all layers;
 * the probe: pooled features of every text at the last layer (``probe_layer``), stratified
   80/10/10 split of the texts whose class has at least ``probe_min_per_class`` texts.
 """
@@ -83,16 +86,16 @@ def _stats_rows(ext: Extraction, tokens_per_text: int, max_texts: int, seed: int
     return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, dtype=torch.long)
 
 
-def _boot_entry(b) -> dict:
-    ok = b.samples[torch.isfinite(b.samples)]
-    mean = float(ok.mean()) if ok.numel() else float("nan")
-    est = b.estimate
-    return {"estimate": _nan_to_none(est), "low": _nan_to_none(b.low), "high": _nan_to_none(b.high),
-            "boot_bias": _nan_to_none(mean - est), "basic_low": _nan_to_none(2 * est - b.high),
-            "basic_high": _nan_to_none(2 * est - b.low)}
+def _proportion_interval(p: float, n: int, alpha: float) -> list:
+    """Wilson interval of an accuracy measured on n test texts."""
+    from reasoning_embed.utils.stats import wilson_interval
+
+    if n <= 0 or p is None or not math.isfinite(p):
+        return [None, None]
+    return list(wilson_interval(int(round(p * n)), n, 1 - alpha))
 
 
-def _probe(ext: Extraction, labels, cfg: dict, seed: int) -> dict:
+def _probe(ext: Extraction, labels, cfg: dict, seed: int, alpha: float = 0.05) -> dict:
     from .probe import linear_probe_transfer, stratified_split
 
     if labels is None:
@@ -111,15 +114,25 @@ def _probe(ext: Extraction, labels, cfg: dict, seed: int) -> dict:
     A, B = ext.pooled_a[rows].double(), ext.pooled_b[rows].double()
     res = linear_probe_transfer(A[tr], yi[tr.numpy()], A[te], yi[te.numpy()], B[tr], B[te], seed=seed,
                                 C=cfg["C"], max_iter=cfg["max_iter"])
-    return {"metric": res.metric, "native": res.native, "raw_transfer": _nan_to_none(res.raw_transfer),
-            "aligned_transfer": res.aligned_transfer, "b_own": res.b_own, "chance": res.chance,
-            "shuffled": res.shuffled, "layer_a": ext.probe_layer[0], "layer_b": ext.probe_layer[1],
-            "pooling": ext.pooling, "n_train": int(tr.numel()), "n_val_unused": int(va.numel()),
-            "n_test": int(te.numel()), "classes": {c: int(n) for c, n in zip(vals, counts) if c in classes},
-            "classes_dropped": int(len(vals) - len(classes)),
-            "note": "probe on A's pooled features; raw = A's probe on B unchanged, aligned = after Procrustes "
-                    "B->A fitted on train texts, b_own = B's own probe; the 10% validation split is unused "
-                    "(no tuning)"}
+    n_test = int(te.numel())
+    out = {"metric": res.metric, "native": res.native, "raw_transfer": _nan_to_none(res.raw_transfer),
+           "aligned_transfer": res.aligned_transfer, "b_own": res.b_own, "chance": res.chance,
+           "shuffled": res.shuffled, "layer_a": ext.probe_layer[0], "layer_b": ext.probe_layer[1],
+           "pooling": ext.pooling, "n_train": int(tr.numel()), "n_val_unused": int(va.numel()),
+           "n_test": n_test, "classes": {c: int(n) for c, n in zip(vals, counts) if c in classes},
+           "classes_dropped": int(len(vals) - len(classes)),
+           "note": "probe on A's pooled features; raw = A's probe on B unchanged, aligned = after Procrustes "
+                   "B->A fitted on train texts, b_own = B's own probe; the 10% validation split is unused "
+                   "(no tuning); intervals: Wilson, over the n_test test texts"}
+    if res.metric == "accuracy":
+        out["intervals"] = {k: _proportion_interval(out[k], n_test, alpha)
+                            for k in ("native", "raw_transfer", "aligned_transfer", "b_own", "chance", "shuffled")}
+    min_test = int(cfg.get("min_test", 30))
+    out["min_test"] = min_test
+    if n_test < min_test:
+        out["warning"] = (f"only {n_test} test texts (< {min_test}): each accuracy moves in steps of "
+                          f"{1 / max(n_test, 1):.2f} and the intervals overlap; use more labelled texts (n_texts)")
+    return out
 
 
 def _massive(ext: Extraction, ratio: float) -> dict:
@@ -157,6 +170,265 @@ def _massive(ext: Extraction, ratio: float) -> dict:
     return out
 
 
+class _Ctx:
+    """What every section needs: the extraction, the device, the diagonal layer pairs, timing."""
+
+    def __init__(self, ext: Extraction, device):
+        self.ext = ext
+        self.dev = torch.device(device) if device is not None else torch.device("cpu")
+        self.pairs = diagonal_pairs(len(ext.layers_a), len(ext.layers_b))
+        self.n_s = ext.sample_text.numel()
+        self.timings: dict = {}
+
+    def a(self, i, r=None):
+        return (self.ext.sample_a[i] if r is None else self.ext.sample_a[i, r]).to(self.dev)
+
+    def b(self, j, r=None):
+        return (self.ext.sample_b[j] if r is None else self.ext.sample_b[j, r]).to(self.dev)
+
+    def layer_pair(self, i, j) -> dict:
+        return {"layer_a": self.ext.layers_a[i], "layer_b": self.ext.layers_b[j]}
+
+    def timed(self, name, fn, *args, **kw):
+        t = time.perf_counter()
+        out = fn(*args, **kw)
+        self.timings[name] = round(time.perf_counter() - t, 3)
+        return out
+
+
+def _cka_section(c: _Ctx, arrays: dict) -> dict:
+    cka = c.ext.cka
+    biased = cka.compute(False)
+    debiased = cka.compute(True) if cka.track_debiased and cka.n > 3 else None
+    arrays["cka_biased"], arrays["cka_debiased"] = biased, debiased
+    return {"biased": _mat(biased), "debiased": _mat(debiased) if debiased is not None else None,
+            "n_rows": cka.n, "rows": "every kept row (streamed float64 sufficient statistics)",
+            "diagonal_biased": [_nan_to_none(float(biased[i, j])) for i, j in c.pairs],
+            "diagonal_debiased": ([_nan_to_none(float(debiased[i, j])) for i, j in c.pairs]
+                                  if debiased is not None else None)}
+
+
+def _knn_section(c: _Ctx, knn_k, knn_metric: str, knn_max_rows: int, seed: int) -> dict:
+    from .knn import dedupe_rows, knn_jaccard
+
+    rng = np.random.default_rng(seed + 2)
+    knn_rows = torch.from_numpy(np.sort(rng.choice(c.n_s, size=min(c.n_s, knn_max_rows), replace=False)))
+    per = []
+    for i, j in c.pairs:
+        X, Y = c.a(i, knn_rows), c.b(j, knn_rows)
+        keep, _ = dedupe_rows(X, Y)
+        ks = [k for k in knn_k if 0 < k < keep.numel()]
+        if not ks:
+            per.append({**c.layer_pair(i, j), "skipped": f"{keep.numel()} distinct rows"})
+            continue
+        r = knn_jaccard(X, Y, ks, metric=knn_metric, dedupe=True)
+        per.append({**c.layer_pair(i, j), "jaccard": {str(k): r.jaccard[k] for k in ks},
+                    "mutual": {str(k): r.mutual[k] for k in ks},
+                    "chance_jaccard": {str(k): r.chance_jaccard[k] for k in ks},
+                    "chance_mutual": {str(k): r.chance_mutual[k] for k in ks},
+                    "n_rows": r.n, "n_unique": r.n_unique})
+    return {"k": list(knn_k), "metric": knn_metric, "n_rows": int(knn_rows.numel()),
+            "rows": "seeded uniform subset of the sample; rows equal in both models collapsed (dedupe)",
+            "per_layer": per}
+
+
+def _procrustes_section(c: _Ctx, test_fraction: float, seed: int, arrays: dict, warns: list) -> dict:
+    from .procrustes import orthogonal_procrustes, split_rows
+    from .rotation_entropy import inverse_row_entropy, random_rotation_entropy_baseline
+
+    groups = c.ext.sample_text
+    fit, test = split_rows(c.n_s, test_fraction, seed=seed, groups=groups)
+    per = []
+    for i, j in c.pairs:
+        X, Y = c.a(i), c.b(j)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            f, te = fit.to(c.dev), test.to(c.dev)
+            r = orthogonal_procrustes(X[f], Y[f], X[te], Y[te])
+        d = min(r.O.shape)
+        per.append({**c.layer_pair(i, j), "rvr_test": r.rvr_test, "cosine_test": r.cosine_test,
+                    "row_cosine_test": r.row_cosine_test, "rvr_in_sample": r.rvr, "cosine_in_sample": r.cosine,
+                    "row_cosine_in_sample": r.row_cosine,
+                    "inverse_row_entropy": inverse_row_entropy(r.O) if r.O.shape[1] >= 2 else None,
+                    "random_rotation_baseline": random_rotation_entropy_baseline(d) if d >= 2 else None,
+                    "random_rotation_baseline_exact": random_rotation_entropy_baseline(d, exact=True) if d >= 2 else None,
+                    "n_over_d": r.n_over_d, "rank": r.rank, "warnings": r.warnings})
+        warns.extend(f"procrustes layer {c.ext.layers_a[i]}/{c.ext.layers_b[j]}: {w}" for w in r.warnings)
+        if (i, j) == c.pairs[-1]:
+            arrays["procrustes_O"] = r.O.cpu()
+    return {"direction": "A -> B (X_a O ~ X_b)", "n_fit": int(fit.numel()), "n_test": int(test.numel()),
+            "texts_fit": int(torch.unique(groups[fit]).numel()), "texts_test": int(torch.unique(groups[test]).numel()),
+            "test_fraction_texts": test_fraction, "per_layer": per}
+
+
+def _dimcorr_section(c: _Ctx, dimcorr_pairs: str, arrays: dict) -> dict:
+    from .dimcorr import dimension_wise_correlation
+
+    if c.ext.d_a != c.ext.d_b:
+        return {"skipped": f"widths differ ({c.ext.d_a} vs {c.ext.d_b}): no shared coordinates"}
+    diag = []
+    for i, j in c.pairs:
+        r = dimension_wise_correlation(c.a(i), c.b(j))
+        diag.append({**c.layer_pair(i, j), "mean": _nan_to_none(r.mean), "n_valid": r.n_valid,
+                     "n_excluded": r.n_excluded, "excluded": r.excluded.tolist()})
+    entry = {"pairs": dimcorr_pairs, "n_rows": c.n_s, "diagonal": diag}
+    if dimcorr_pairs == "all":
+        mean, n_exc = dimcorr_matrix(c.ext.sample_a.to(c.dev), c.ext.sample_b.to(c.dev))
+        mean, n_exc = mean.cpu(), n_exc.cpu()
+        entry.update(mean=_mat(mean), n_excluded=n_exc.tolist())
+        arrays["dimcorr"] = mean
+    return entry
+
+
+def _perm_entry(observed: float, null: torch.Tensor, alpha: float, frac: float | None = None) -> dict:
+    """p-value, null summary and the calibrated score of one statistic."""
+    from .calibration import calibrate_null
+
+    cal = calibrate_null(observed, null, alpha)
+    out = {"p_value": _nan_to_none(cal.p_value), "null_mean": _nan_to_none(float(null.mean())),
+           "calibrated": cal.as_dict()}
+    if frac is not None:
+        out["exchangeable_fraction"] = frac
+    return out
+
+
+def _stats_cka(X, Y, g, n_boot: int, n_perm: int, alpha: float, seed: int) -> dict:
+    from .cka import linear_cka
+    from .intervals import cka_jackknife
+    from .stats import cka_permutation_test
+
+    cka = {name: {"estimate": _nan_to_none(linear_cka(X, Y, deb))} for name, deb in (("biased", False),
+                                                                                       ("debiased", True))}
+    if n_boot > 0:
+        for name, iv in cka_jackknife(X, Y, g, alpha=alpha, seed=seed).items():
+            cka[name].update(iv.as_dict())
+    if n_perm > 0:
+        for name, deb in (("biased", False), ("debiased", True)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = cka_permutation_test(X, Y, g, n_perm=n_perm, seed=seed, debiased=deb)
+            cka[name].update(_perm_entry(p.observed, p.null, alpha, p.exchangeable_fraction),
+                             null_q95=float(torch.quantile(p.null, 0.95)))
+    return cka
+
+
+def _stats_knn(X, Y, g, ks, metric: str, n_boot: int, n_perm: int, alpha: float, seed: int) -> tuple[dict, dict]:
+    from .calibration import knn_overlap_null
+    from .intervals import knn_jackknife
+
+    jac, mut = {}, {}
+    for k in ks:
+        if n_boot > 0:
+            try:
+                jac[str(k)] = knn_jackknife(X, Y, g, k=k, metric=metric, alpha=alpha, seed=seed).as_dict()
+            except ValueError as e:                     # too few rows left without a block
+                jac[str(k)] = {"interval_skipped": str(e)}
+    if ks and n_perm > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            nulls = knn_overlap_null(X, Y, g, ks, metric, n_perm=n_perm, seed=seed)
+        for k, res in nulls.items():
+            for out, key in ((jac, "jaccard"), (mut, "mutual")):
+                obs, null = res[key]
+                out.setdefault(str(k), {}).setdefault("estimate", obs)
+                out[str(k)].update(_perm_entry(obs, null, alpha))
+    return jac, mut
+
+
+def _stats_generic(X, Y, g, n_perm: int, alpha: float, seed: int, test_fraction: float) -> dict:
+    """Calibrated dimension-wise correlation and held-out Procrustes cosine (generic permutation null)."""
+    from .dimcorr import dimension_wise_correlation
+    from .procrustes import orthogonal_procrustes, split_rows
+    from .stats import permutation_test
+
+    out = {}
+    if n_perm <= 0:
+        return out
+    fit, test = split_rows(X.shape[0], test_fraction, seed=seed, groups=g)
+
+    def proc(A, B):
+        return orthogonal_procrustes(A[fit], B[fit], A[test], B[test]).cosine_test
+
+    fns = {"procrustes_cosine_test": proc}
+    if X.shape[1] == Y.shape[1]:
+        fns["dimcorr"] = lambda A, B: dimension_wise_correlation(A, B).mean
+    for name, fn in fns.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = permutation_test(fn, X, Y, g, n_perm=n_perm, seed=seed)
+        out[name] = {"estimate": _nan_to_none(p.observed), **_perm_entry(p.observed, p.null, alpha)}
+    return out
+
+
+def _stats_layer_search(c: _Ctx, srows, sgroups, stat_pairs, n_perm: int, alpha: float, seed: int) -> dict:
+    """Aggregation-aware calibration of the best (max) and mean CKA over every stats layer pair."""
+    from .calibration import cka_layers_calibrated
+
+    la = sorted({i for i, _ in stat_pairs})
+    lb = sorted({j for _, j in stat_pairs})
+    n = int(srows.numel())
+    if (len(la) + len(lb)) * n * n * 8 > (1 << 31):
+        return {"skipped": f"{len(la)}+{len(lb)} layers of {n} x {n} Gram matrices exceed 2 GiB"}
+    Xs, Ys = [c.a(i, srows).double() for i in la], [c.b(j, srows).double() for j in lb]
+    out = {"layers_a": [c.ext.layers_a[i] for i in la], "layers_b": [c.ext.layers_b[j] for j in lb],
+           "note": "one text permutation applied to every layer of B; the aggregate of the La x Lb CKA matrix "
+                   "is calibrated, so picking the best layer pair does not inflate the score"}
+    for agg in ("max", "mean"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            cal, _ = cka_layers_calibrated(Xs, Ys, sgroups, agg=agg, n_perm=n_perm, alpha=alpha, seed=seed)
+        out[agg] = cal.as_dict()
+    return out
+
+
+def _stats_section(c: _Ctx, knn_k, knn_metric, stats_layers, tokens_per_text, max_texts, n_boot, n_perm, alpha,
+                   seed, test_fraction, progress) -> dict:
+    from .knn import dedupe_rows
+
+    ext = c.ext
+    srows = _stats_rows(ext, tokens_per_text, max_texts, seed)
+    sgroups = ext.sample_text[srows] if ext.level == "token" else None
+    n_groups = int(torch.unique(ext.sample_text[srows]).numel()) if srows.numel() else 0
+    stat_pairs = c.pairs if stats_layers == "all" else [c.pairs[-1]]
+    if n_groups < 4 or (n_boot <= 0 and n_perm <= 0):
+        return {"skipped": f"{n_groups} texts in the stats sample (need >= 4) or n_boot = n_perm = 0"}
+    iterator = stat_pairs
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(stat_pairs, desc="hrsa nulls", unit="layer")
+    per = []
+    for i, j in iterator:
+        X, Y = c.a(i, srows).double(), c.b(j, srows).double()
+        keep, _ = dedupe_rows(X, Y)
+        keep = keep.cpu()
+        g = sgroups
+        if keep.numel() < X.shape[0]:                # only rows equal in both (e.g. layer 0 token ids)
+            X, Y = X[keep.to(c.dev)], Y[keep.to(c.dev)]
+            g = sgroups[keep] if sgroups is not None else None
+        ks = [k for k in knn_k if 0 < k < X.shape[0] - 1]
+        jac, mut = _stats_knn(X, Y, g, ks, knn_metric, n_boot, n_perm, alpha, seed)
+        per.append({**c.layer_pair(i, j), "n_rows": int(X.shape[0]), "rows_collapsed": int(srows.numel() - X.shape[0]),
+                    "cka": _stats_cka(X, Y, g, n_boot, n_perm, alpha, seed), "knn_jaccard": jac, "knn_mutual": mut,
+                    **_stats_generic(X, Y, g, n_perm, alpha, seed, test_fraction)})
+    out = {"n_boot": n_boot, "n_perm": n_perm, "alpha": alpha, "layers": stats_layers,
+           "n_rows": int(srows.numel()), "n_texts": n_groups,
+           "tokens_per_text": tokens_per_text if ext.level == "token" else None,
+           "rows": ("the same random tokens_per_text tokens of each of up to stats_max_texts sample texts (token "
+                    "level) or the sample texts (pooled level); estimates here are on these rows"),
+           "intervals": ("delete-a-block jackknife over texts (n_boot > 0 switches it on; up to 100 blocks): no "
+                         "resampled copies, which inflate CKA and k-NN. low/high: 1 - alpha t interval around "
+                         "'centre' (debiased CKA: bias-corrected, targets the population CKA; biased CKA and k-NN: "
+                         "the estimate, targets the expected value at this n)"),
+           "permutation": "texts of model B re-paired with texts of model A; p = (1 + #{null >= obs}) / (K + 1)",
+           "calibrated": ("score = max(0, (s - tau) / (1 - tau)), tau = the ceil((1 - alpha)(K + 1))-th order "
+                          "statistic of {observed} and the K null values: 0 = not above unrelated representations"),
+           "per_layer": per}
+    if stats_layers == "all" and n_perm > 0 and len(stat_pairs) > 1:
+        out["layer_search"] = _stats_layer_search(c, srows, sgroups, stat_pairs, n_perm, alpha, seed)
+    return out
+
+
 def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str = "cosine",
             knn_max_rows: int = 4000, procrustes_test_fraction: float = 0.2, dimcorr_pairs: str = "all",
             stats_layers: str = "last", stats_tokens_per_text: int = 8, stats_max_texts: int = 256,
@@ -166,219 +438,37 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
     """Compute every metric; returns ``(report, arrays)`` (arrays: tensors for the figures).
 
     ``device``: where the row-based metrics run (the sample stays on the CPU; one layer at a time is
-    moved), e.g. ``cuda`` for exact k-NN on tens of thousands of rows.
+    moved), e.g. ``cuda`` for exact k-NN on tens of thousands of rows. ``n_boot > 0`` switches the
+    (jackknife) intervals on; ``n_perm`` permutations give the p-values and the calibrated scores.
     """
-    from .cka import linear_cka
-    from .dimcorr import dimension_wise_correlation
-    from .fast_stats import cka_bootstrap_ci, knn_bootstrap_ci, knn_permutation_test
-    from .knn import dedupe_rows, knn_jaccard
-    from .procrustes import orthogonal_procrustes, split_rows
-    from .rotation_entropy import inverse_row_entropy, random_rotation_entropy_baseline
-    from .stats import cka_permutation_test
-
     for name, value, allowed in (("stats_layers", stats_layers, ("last", "all")),
                                  ("dimcorr_pairs", dimcorr_pairs, ("all", "diagonal")),
                                  ("knn_metric", knn_metric, ("cosine", "l2"))):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     t0 = time.perf_counter()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-
-    def rows_a(i, r=None):
-        x = ext.sample_a[i] if r is None else ext.sample_a[i, r]
-        return x.to(dev)
-
-    def rows_b(j, r=None):
-        y = ext.sample_b[j] if r is None else ext.sample_b[j, r]
-        return y.to(dev)
-
+    c = _Ctx(ext, device)
     probe = {"min_per_class": 10, "split": (0.8, 0.1, 0.1), "C": 1.0, "max_iter": 5000, **(probe or {})}
-    La, Lb = len(ext.layers_a), len(ext.layers_b)
-    pairs = diagonal_pairs(La, Lb)
-    n_s = ext.sample_text.numel()
     report: dict = {"warnings": []}
     arrays: dict = {}
-    timings: dict = {}
-
-    def tick(name, t):
-        timings[name] = round(time.perf_counter() - t, 3)
-
-    def layer_pair(i, j):
-        return {"layer_a": ext.layers_a[i], "layer_b": ext.layers_b[j]}
-
-    # ---- geometry: CKA over every kept row
-    t = time.perf_counter()
-    biased = ext.cka.compute(False)
-    debiased = ext.cka.compute(True) if ext.cka.track_debiased and ext.cka.n > 3 else None
-    report["cka"] = {"biased": _mat(biased), "debiased": _mat(debiased) if debiased is not None else None,
-                     "n_rows": ext.cka.n, "rows": "every kept row (streamed float64 sufficient statistics)",
-                     "diagonal_biased": [_nan_to_none(float(biased[i, j])) for i, j in pairs],
-                     "diagonal_debiased": ([_nan_to_none(float(debiased[i, j])) for i, j in pairs]
-                                           if debiased is not None else None)}
-    arrays["cka_biased"], arrays["cka_debiased"] = biased, debiased
-    tick("cka", t)
-    if n_s < 4:
-        report["warnings"].append(f"only {n_s} sample rows: row-based metrics skipped")
-        report["timing_s"] = timings
+    report["cka"] = c.timed("cka", _cka_section, c, arrays)
+    if c.n_s < 4:
+        report["warnings"].append(f"only {c.n_s} sample rows: row-based metrics skipped")
+        report["timing_s"] = c.timings
         return report, arrays
-
-    # ---- geometry: k-NN on a uniform subset of the sample
-    t = time.perf_counter()
-    rng = np.random.default_rng(seed + 2)
-    knn_rows = torch.from_numpy(np.sort(rng.choice(n_s, size=min(n_s, knn_max_rows), replace=False)))
-    per = []
-    for i, j in pairs:
-        X, Y = rows_a(i, knn_rows), rows_b(j, knn_rows)
-        keep, _ = dedupe_rows(X, Y)
-        ks = [k for k in knn_k if 0 < k < keep.numel()]
-        if not ks:
-            per.append({**layer_pair(i, j), "skipped": f"{keep.numel()} distinct rows"})
-            continue
-        r = knn_jaccard(X, Y, ks, metric=knn_metric, dedupe=True)
-        per.append({**layer_pair(i, j), "jaccard": {str(k): r.jaccard[k] for k in ks},
-                    "mutual": {str(k): r.mutual[k] for k in ks},
-                    "chance_jaccard": {str(k): r.chance_jaccard[k] for k in ks},
-                    "chance_mutual": {str(k): r.chance_mutual[k] for k in ks},
-                    "n_rows": r.n, "n_unique": r.n_unique})
-    report["knn"] = {"k": list(knn_k), "metric": knn_metric, "n_rows": int(knn_rows.numel()),
-                     "rows": "seeded uniform subset of the sample; rows equal in both models collapsed (dedupe)",
-                     "per_layer": per}
-    tick("knn", t)
-
-    # ---- representation: Procrustes on diagonal pairs, fit / held-out split by text
-    t = time.perf_counter()
-    groups = ext.sample_text
-    fit, test = split_rows(n_s, procrustes_test_fraction, seed=seed, groups=groups)
-    per = []
-    for i, j in pairs:
-        X, Y = rows_a(i), rows_b(j)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            f, te = fit.to(dev), test.to(dev)
-            r = orthogonal_procrustes(X[f], Y[f], X[te], Y[te])
-        d = min(r.O.shape)
-        entry = {**layer_pair(i, j), "rvr_test": r.rvr_test, "cosine_test": r.cosine_test,
-                 "row_cosine_test": r.row_cosine_test, "rvr_in_sample": r.rvr, "cosine_in_sample": r.cosine,
-                 "row_cosine_in_sample": r.row_cosine,
-                 "inverse_row_entropy": inverse_row_entropy(r.O) if r.O.shape[1] >= 2 else None,
-                 "random_rotation_baseline": random_rotation_entropy_baseline(d) if d >= 2 else None,
-                 "random_rotation_baseline_exact": random_rotation_entropy_baseline(d, exact=True) if d >= 2 else None,
-                 "n_over_d": r.n_over_d, "rank": r.rank, "warnings": r.warnings}
-        per.append(entry)
-        report["warnings"].extend(f"procrustes layer {ext.layers_a[i]}/{ext.layers_b[j]}: {w}" for w in r.warnings)
-        if (i, j) == pairs[-1]:
-            arrays["procrustes_O"] = r.O.cpu()
-    report["procrustes"] = {"direction": "A -> B (X_a O ~ X_b)", "n_fit": int(fit.numel()), "n_test": int(test.numel()),
-                            "texts_fit": int(torch.unique(groups[fit]).numel()),
-                            "texts_test": int(torch.unique(groups[test]).numel()),
-                            "test_fraction_texts": procrustes_test_fraction, "per_layer": per}
-    tick("procrustes", t)
-
-    # ---- representation: dimension-wise correlation
-    t = time.perf_counter()
-    if ext.d_a != ext.d_b:
-        report["dimcorr"] = {"skipped": f"widths differ ({ext.d_a} vs {ext.d_b}): no shared coordinates"}
-    else:
-        diag = []
-        for i, j in pairs:
-            r = dimension_wise_correlation(rows_a(i), rows_b(j))
-            diag.append({**layer_pair(i, j), "mean": _nan_to_none(r.mean), "n_valid": r.n_valid,
-                         "n_excluded": r.n_excluded, "excluded": r.excluded.tolist()})
-        entry = {"pairs": dimcorr_pairs, "n_rows": n_s, "diagonal": diag}
-        if dimcorr_pairs == "all":
-            mean, n_exc = dimcorr_matrix(ext.sample_a.to(dev), ext.sample_b.to(dev))
-            mean, n_exc = mean.cpu(), n_exc.cpu()
-            entry.update(mean=_mat(mean), n_excluded=n_exc.tolist())
-            arrays["dimcorr"] = mean
-        report["dimcorr"] = entry
-    tick("dimcorr", t)
-
-    # ---- statistics: bootstrap (texts resampled) and permutation (texts re-paired)
-    t = time.perf_counter()
-    srows = _stats_rows(ext, stats_tokens_per_text, stats_max_texts, seed)
-    sgroups = ext.sample_text[srows] if ext.level == "token" else None
-    n_groups = int(torch.unique(ext.sample_text[srows]).numel()) if srows.numel() else 0
-    stat_pairs = pairs if stats_layers == "all" else [pairs[-1]]
-    per = []
-    if n_groups < 4 or (n_boot <= 0 and n_perm <= 0):
-        report["stats"] = {"skipped": f"{n_groups} texts in the stats sample (need >= 4) or n_boot = n_perm = 0"}
-    else:
-        iterator = stat_pairs
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(stat_pairs, desc="hrsa nulls", unit="layer")
-        for i, j in iterator:
-            X, Y = rows_a(i, srows).double(), rows_b(j, srows).double()
-            keep, _ = dedupe_rows(X, Y)
-            keep = keep.cpu()
-            g = sgroups
-            if keep.numel() < X.shape[0]:                # only rows equal in both (e.g. layer 0 token ids)
-                X, Y = X[keep.to(dev)], Y[keep.to(dev)]
-                g = sgroups[keep] if sgroups is not None else None
-            entry = {**layer_pair(i, j), "n_rows": int(X.shape[0]), "rows_collapsed": int(srows.numel() - X.shape[0])}
-            cka = {}
-            if n_boot > 0:
-                bs = cka_bootstrap_ci(X, Y, g, n_boot=n_boot, alpha=alpha, seed=seed)
-                for name, b in bs.items():
-                    cka[name] = _boot_entry(b)
-            if n_perm > 0:
-                for name, deb in (("biased", False), ("debiased", True)):
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        p = cka_permutation_test(X, Y, g, n_perm=n_perm, seed=seed, debiased=deb)
-                    cka.setdefault(name, {"estimate": _nan_to_none(linear_cka(X, Y, deb))})
-                    cka[name].update(p_value=p.p_value, null_mean=float(p.null.mean()),
-                                     null_q95=float(torch.quantile(p.null, 0.95)),
-                                     exchangeable_fraction=p.exchangeable_fraction)
-            entry["cka"] = cka
-            ks = [k for k in knn_k if 0 < k < X.shape[0] - 1]
-            knn = {}
-            if ks and n_boot > 0:
-                for k, b in knn_bootstrap_ci(X, Y, g, ks, knn_metric, n_boot=n_boot, alpha=alpha, seed=seed).items():
-                    knn[str(k)] = _boot_entry(b)
-            if ks and n_perm > 0:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    res = knn_permutation_test(X, Y, g, ks, knn_metric, n_perm=n_perm, seed=seed)
-                for k, p in res.items():
-                    knn.setdefault(str(k), {"estimate": p.observed})
-                    knn[str(k)].update(p_value=p.p_value, null_mean=float(p.null.mean()),
-                                       exchangeable_fraction=p.exchangeable_fraction)
-            entry["knn_jaccard"] = knn
-            per.append(entry)
-            for metric, vals in (("CKA", cka), ("k-NN Jaccard", knn)):
-                off = [name for name, v in vals.items() if v.get("low") is not None
-                       and not v["low"] <= v["estimate"] <= v["high"]]
-                if off:
-                    report["warnings"].append(
-                        f"stats layer {ext.layers_a[i]}/{ext.layers_b[j]}: {metric} {off} estimate outside its "
-                        "percentile bootstrap interval (resampling shifts it: see boot_bias and the basic interval)")
-        report["stats"] = {
-            "n_boot": n_boot, "n_perm": n_perm, "alpha": alpha, "layers": stats_layers,
-            "n_rows": int(srows.numel()), "n_texts": n_groups,
-            "tokens_per_text": stats_tokens_per_text if ext.level == "token" else None,
-            "rows": ("the same random tokens_per_text tokens of each of up to stats_max_texts sample texts (token "
-                     "level) or the sample texts (pooled level); estimates here are on these rows"),
-            "bootstrap": ("texts resampled with replacement (copies collapsed for k-NN); low/high: percentile interval; "
-                          "boot_bias = mean(bootstrap) - estimate: resampled data repeat texts, which moves CKA (fewer "
-                          "distinct rows) and k-NN (a smaller neighbour pool); basic_low/basic_high = 2 * estimate - "
-                          "the percentile bounds corrects that shift to first order"),
-            "permutation": "texts of model B re-paired with texts of model A; p = (1 + #{null >= obs}) / (K + 1)",
-            "per_layer": per}
-    tick("stats", t)
-
-    # ---- function: probe transfer at the last layer
-    t = time.perf_counter()
+    report["knn"] = c.timed("knn", _knn_section, c, knn_k, knn_metric, knn_max_rows, seed)
+    report["procrustes"] = c.timed("procrustes", _procrustes_section, c, procrustes_test_fraction, seed, arrays,
+                                   report["warnings"])
+    report["dimcorr"] = c.timed("dimcorr", _dimcorr_section, c, dimcorr_pairs, arrays)
+    report["stats"] = c.timed("stats", _stats_section, c, knn_k, knn_metric, stats_layers, stats_tokens_per_text,
+                              stats_max_texts, n_boot, n_perm, alpha, seed, procrustes_test_fraction, progress)
     try:
-        report["probe"] = _probe(ext, labels, probe, seed)
+        report["probe"] = c.timed("probe", _probe, ext, labels, probe, seed, alpha)
     except ValueError as e:                      # e.g. a class too small for the split
         report["probe"] = {"skipped": str(e)}
-    tick("probe", t)
-
-    t = time.perf_counter()
-    report["massive_activations"] = _massive(ext, massive_ratio)
-    tick("massive", t)
-    report["timing_s"] = timings
+    report["massive_activations"] = c.timed("massive", _massive, ext, massive_ratio)
+    if isinstance(report["probe"], dict) and report["probe"].get("warning"):
+        report["warnings"].append(f"probe: {report['probe']['warning']}")
+    report["timing_s"] = c.timings
     report["analysis_seconds"] = round(time.perf_counter() - t0, 3)
     return report, arrays

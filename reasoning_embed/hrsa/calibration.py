@@ -27,7 +27,8 @@ import torch
 from ._tensor import as_f64, same_rows
 from .stats import group_permutations
 
-__all__ = ["Calibrated", "calibrate_layers", "calibrate_null", "calibrated_permutation", "cka_layers_calibrated"]
+__all__ = ["Calibrated", "calibrate_layers", "calibrate_null", "calibrated_permutation", "cka_layers_calibrated",
+           "knn_overlap_null"]
 
 
 @dataclass
@@ -132,3 +133,38 @@ def cka_layers_calibrated(X_layers, Y_layers, groups=None, agg="max", debiased: 
     perms, _, _ = group_permutations(groups, n, n_perm, seed)
     null = [_aggregate(matrix(p.to(L.device)), agg) for p in perms]
     return calibrate_null(_aggregate(S, agg), null, alpha), S
+
+
+def knn_overlap_null(X, Y, groups=None, ks=(10,), metric: str = "cosine", n_perm: int = 200,
+                     seed: int = 0) -> dict[int, dict[str, tuple[float, torch.Tensor]]]:
+    """Permutation nulls of the k-NN Jaccard and mutual overlap (texts of Y re-paired with texts of X).
+
+    Permuting Y's rows only relabels its neighbour lists, ``N_{Y[p]}(t) = p^{-1}(N_Y(p[t]))``, so one search
+    per model serves every permutation (rows distinct: deduplicate first). Returns, per k,
+    ``{"jaccard": (observed, null), "mutual": (observed, null)}``.
+    """
+    from .knn import knn_indices
+
+    X, Y = as_f64(X, "X"), as_f64(Y, "Y")
+    n = same_rows(X, Y)
+    ks = sorted({int(k) for k in ks})
+    kmax = ks[-1]
+    nx, ny = knn_indices(X, kmax, metric), knn_indices(Y, kmax, metric)
+
+    def overlaps(b):
+        out = {}
+        for k in ks:
+            inter = (nx[:, :k, None] == b[:, None, :k]).sum((1, 2)).to(torch.float64)
+            out[k] = (float((inter / (2 * k - inter)).mean()), float((inter / k).mean()))
+        return out
+
+    obs = overlaps(ny)
+    perms, _, _ = group_permutations(groups, n, n_perm, seed)
+    null = {k: torch.empty(2, n_perm, dtype=torch.float64) for k in ks}
+    for i, p in enumerate(perms):
+        p = p.to(X.device)
+        pinv = torch.empty_like(p)
+        pinv[p] = torch.arange(n, device=p.device)
+        for k, (j, m) in overlaps(pinv[ny[p]]).items():
+            null[k][0, i], null[k][1, i] = j, m
+    return {k: {"jaccard": (obs[k][0], null[k][0]), "mutual": (obs[k][1], null[k][1])} for k in ks}
