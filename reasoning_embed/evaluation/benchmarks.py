@@ -19,11 +19,10 @@ its own instruction, each run exactly once, results never taken from a cache).
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 from reasoning_embed.evaluation.errors import BenchmarkDataMissingError, EvaluationConfigError
 from reasoning_embed.evaluation.instructions import CONF_DIR
+from reasoning_embed.utils.hub import datasets_cache_dir, hub_cache_dir, hub_reachable, offline_reason
 
 log = logging.getLogger("reasoning_embed.evaluation")
 
@@ -127,33 +126,12 @@ def build_tasks(bench: dict, seed: int = 0) -> tuple[list, dict[str, str]]:
 # Is the data here? (checked before anything runs, so an offline machine fails in seconds, not after a
 # model load and a retry loop)
 # ---------------------------------------------------------------------------------------------------------
-def _hf_home() -> Path:
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser()
-
-
-def hub_cache_dir() -> Path:
-    env = os.environ
-    return Path(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or _hf_home() / "hub").expanduser()
-
-
-def datasets_cache_dir() -> Path:
-    return Path(os.environ.get("HF_DATASETS_CACHE") or _hf_home() / "datasets").expanduser()
-
-
-def offline_reason() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "0").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}=1 is set"
-    return None
-
-
 def dataset_in_cache(repo: str, revision: str | None = None) -> bool:
     """Whether ``repo`` (a hub dataset id) has a snapshot in the hub cache or prepared data in the datasets
     cache. Lenient about the revision: a snapshot of another revision counts (mteb then reports a real
     load error, as a failed task), so this check never blocks a run that could work."""
     snaps = hub_cache_dir() / f"datasets--{repo.replace('/', '--')}" / "snapshots"
-    if snaps.is_dir() and any(snaps.iterdir()):
+    if snaps.is_dir() and any(snaps.iterdir()):  # any revision (see above), so not cached_snapshot
         return True
     try:
         from datasets.naming import camelcase_to_snakecase
@@ -193,7 +171,7 @@ def check_data_available(tasks, benchmark_name: str, reachable=None) -> None:
     why = offline_reason()
     if why is None:
         if reachable is None:
-            from reasoning_embed.models.backbone import _hub_reachable as reachable
+            reachable = hub_reachable
         if reachable():
             log.info("%d dataset(s) not cached yet; mteb will download them", len(missing))
             return

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 from reasoning_embed.errors import BackboneNotAvailableError
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+from reasoning_embed.utils.hub import cached_snapshot, hub_cache_dir, hub_reachable, offline_reason
 
 
 def resolve_backbone(path: str, revision: str | None = None) -> str:
@@ -33,24 +20,15 @@ def resolve_backbone(path: str, revision: str | None = None) -> str:
         return path
     if path.startswith((".", "/", "~")) or path.count("/") > 1:  # hub ids look like "org/name"
         raise BackboneNotAvailableError(f"backbone path {path!r} does not exist (expected a model directory)")
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(path, "config.json", revision=revision)
-    if isinstance(cached, str):
+    if cached_snapshot(path, revision) is not None:
         return path
-    if _hub_offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE=1 is set" if _hub_offline() else "huggingface.co is unreachable"
+    why = offline_reason(("HF_HUB_OFFLINE",)) or (None if hub_reachable() else "huggingface.co is unreachable")
+    if why:
         raise BackboneNotAvailableError(
-            f"backbone {path!r} is not in the local Hugging Face cache ({_cache_dir()}) and {why}. "
+            f"backbone {path!r} is not in the local Hugging Face cache ({hub_cache_dir()}) and {why}. "
             f"On a machine with network run `hf download {path}` (or `huggingface-cli download {path}`) "
             f"and copy the cache here (or set HF_HOME), or set backbone.path to a local model directory.")
     return path
-
-
-def _cache_dir() -> str:
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    return HF_HUB_CACHE
 
 
 def load_backbone(path: str, attention: str = "bidirectional", attn_implementation: str = "sdpa",
