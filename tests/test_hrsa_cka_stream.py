@@ -1,4 +1,4 @@
-"""Streaming / batched CKA equals the one-shot per-pair values (hrsa-metrics.md, CKA properties)."""
+"""Streaming / batched CKA equals the one-shot per-pair values (docs/hrsa-metrics.md, CKA properties)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests for the HRSA metrics (shared/reference/hrsa-metrics.md, "Properties")."""
+"""Property tests for the HRSA metrics (docs/hrsa-metrics.md, "Properties")."""
 
 from __future__ import annotations
 

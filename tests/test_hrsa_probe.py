@@ -1,4 +1,4 @@
-"""Cross-model linear probe properties (hrsa-metrics.md, "Probe")."""
+"""Cross-model linear probe properties (docs/hrsa-metrics.md, "Probe")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bootstrap and permutation nulls (hrsa-metrics.md, "Nulls" and "Statistics")."""
+"""Bootstrap and permutation nulls (docs/hrsa-metrics.md, "Nulls" and "Statistics")."""
 
 from __future__ import annotations
 

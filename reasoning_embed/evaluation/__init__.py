@@ -1,4 +1,4 @@
-"""Evaluation: MTEB / BRIGHT through mteb 2.x and offline local tasks (issue 5).
+"""Evaluation: MTEB / BRIGHT through mteb 2.x and offline local tasks.
 
 ``evaluate_model(model, benchmark, out_dir, allow_failures=False, ...)`` is the one call (the CLI
 ``python -m reasoning_embed.evaluate`` and the end of training use it); ``summary_metrics(summary)``

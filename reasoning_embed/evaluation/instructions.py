@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-DEFAULT_INSTRUCTION = "Given a query, retrieve the most relevant passage from the given passage"
 from reasoning_embed import CONF_DIR  # noqa: E402  (re-exported for older imports)
+from reasoning_embed.models.export import DEFAULT_INSTRUCTION  # noqa: F401 - defined once, in the lower layer
+
 _VERSION = re.compile(r"\.v\d+$")
 
 

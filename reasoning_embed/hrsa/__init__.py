@@ -3,7 +3,7 @@
 Each metric is a small pure function (tensors or arrays in, float64 inside, a number or a small
 dataclass out) with its invariances in the docstring; nulls, bootstrap and layer sweeps are
 layered on top (``stats``, ``cka_stream``). Definitions and pitfalls:
-``shared/reference/hrsa-metrics.md``.
+``docs/hrsa-metrics.md``.
 
 Representation level: :func:`dimension_wise_correlation`, :func:`orthogonal_procrustes`
 (+ :func:`split_rows`), :func:`inverse_row_entropy`, :func:`random_rotation_entropy_baseline`.

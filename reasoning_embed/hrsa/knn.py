@@ -4,7 +4,7 @@ For each row t, N_X(t) are the k nearest *other* rows of X (cosine similarity or
 distance), likewise N_Y(t); I_t = |N_X(t) ∩ N_Y(t)|, Jaccard J_t = I_t / (2k - I_t) and mutual
 overlap I_t / k, averaged over rows, for several k at once.
 
-Honesty rules (see hrsa-metrics.md):
+Honesty rules (see docs/hrsa-metrics.md):
 
 * a row is never its own neighbour: the diagonal is masked by *index*, never by distance, so an
   exact duplicate of row t is a legitimate (nearest) neighbour of t but t itself is not;

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from reasoning_embed.models.pooling import ST_POOLING_MODE, pooling_from_st
 
+# the recipe's query instruction for a task that has none of its own (evaluation's instruction table defaults to it)
+DEFAULT_INSTRUCTION = "Given a query, retrieve the most relevant passage from the given passage"
 SETTINGS_FILE = "reasoning_embed.json"
 ST_MODULES_FILE = "reasoning_embed_st.py"
 EMPTY_TEXT_RULE = "zero_vector"  # a query with no token after its instruction embeds as 0 (both sides)
@@ -88,7 +90,7 @@ def export_encoder(encoder, out_dir: str | Path, instruction: str | None = None,
     from reasoning_embed.models.lora import merged_backbone
 
     if instruction is None:
-        from reasoning_embed.evaluation.instructions import DEFAULT_INSTRUCTION as instruction
+        instruction = DEFAULT_INSTRUCTION
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
