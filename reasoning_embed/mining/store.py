@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from reasoning_embed.models.encode import length_batches
 from reasoning_embed.utils.io import atomic_write_json
 
 STATE_VERSION = 1
@@ -72,14 +73,15 @@ def embed_table(work_dir: str | Path, name: str, texts: Sequence[str], encode: C
     if n == 0:
         return np.zeros((0, dim), dtype=np.float32), stats
     mm = np.memmap(data_path, dtype=np.float32, mode="r+" if done else "w+", shape=(n, dim))
-    order = sorted(range(n), key=lambda i: -len(texts[i]))
+    # the encode loop's grouping (longest first, stable), by characters: the reference may be any model
+    all_batches = list(length_batches([len(t) for t in texts], batch_size))
     batches = range(done, n_batches)
     if progress and len(batches):
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"encode {name}", unit="batch", initial=done, total=n_batches)
     for b in batches:
-        idx = order[b * batch_size:(b + 1) * batch_size]
+        idx = all_batches[b]
         emb = np.asarray(encode(idx), dtype=np.float32)
         if emb.shape != (len(idx), dim):
             raise RuntimeError(f"encoder returned shape {emb.shape}, expected {(len(idx), dim)}")
