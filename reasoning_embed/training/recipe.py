@@ -70,7 +70,7 @@ def export_facts(cfg: DictConfig, metrics: dict, datamodule=None) -> tuple[str |
         "finetune": OmegaConf.to_container(cfg.finetune, resolve=True) if "finetune" in cfg else None,
         "recipe": {k.split(".")[-1]: OmegaConf.select(cfg, k, default=None) for k in PAPER_RECIPE},
         "recipe differences from the paper": {k: f"{v['run']} (paper {v['paper']})" for k, v in diffs.items()} or "none",
-        "training data": str(OmegaConf.select(cfg, "data.train")),
+        "training data": str(getattr(datamodule, "train_path", None) or OmegaConf.select(cfg, "data.train")),
         "training rows": len(rows),
         "instructions (most frequent first)": [i for i, _ in counts.most_common(5)],
         "steps": metrics.get("steps"), "seed": OmegaConf.select(cfg, "seed"),
