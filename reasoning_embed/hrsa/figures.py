@@ -83,8 +83,8 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
         ax.set_xlabel("layer (model A; B matched by depth)")
         ax.set_ylabel("k-NN Jaccard overlap")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"k-NN overlap, {names}\n(x: stats-sample estimate with {report.get('stats', {}).get('alpha', 0.05)}"
-                     " bootstrap interval)", fontsize=8)
+        ax.set_title(f"k-NN overlap, {names}\n(x: stats-sample estimate with its {1 - report.get('stats', {}).get('alpha', 0.05):.0%}"
+                     " jackknife interval)", fontsize=8)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         save_figure(fig, out / "knn_overlap.png")
@@ -130,12 +130,22 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
         plt.close(fig)
         files.append(out / "alignment_matrix.png")
 
+    cal = _calibrated_figure(plt, report, names, out)
+    if cal is not None:
+        files.append(cal)
+
     probe = report.get("probe", {})
     if "native" in probe:
         keys = ["native", "raw_transfer", "aligned_transfer", "b_own", "chance", "shuffled"]
         vals = [_nan(probe[k]) for k in keys]
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        ax.bar(range(len(keys)), vals, color=["C0", "C3", "C2", "C1", "0.6", "0.8"])
+        iv = probe.get("intervals") or {}
+        err = None
+        if iv:
+            lo = [max(0.0, v - (iv.get(k) or [v, v])[0]) if np.isfinite(v) else 0.0 for k, v in zip(keys, vals)]
+            hi = [max(0.0, (iv.get(k) or [v, v])[1] - v) if np.isfinite(v) else 0.0 for k, v in zip(keys, vals)]
+            err = [lo, hi]
+        ax.bar(range(len(keys)), vals, color=["C0", "C3", "C2", "C1", "0.6", "0.8"], yerr=err, capsize=3)
         ax.set_xticks(range(len(keys)), ["A native", "A->B raw", "A->B aligned", "B own", "chance", "shuffled"],
                       fontsize=8)
         for i, v in enumerate(vals):
@@ -143,10 +153,55 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
                 ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(probe["metric"])
+        warn = "\nWARNING: too few test texts to compare these bars" if probe.get("warning") else ""
         ax.set_title(f"cross-model linear probe, layer {probe['layer_a']}/{probe['layer_b']} "
-                     f"({probe['n_test']} test texts)", fontsize=9)
+                     f"({probe['n_test']} test texts, 95% Wilson intervals){warn}", fontsize=9,
+                     color="C3" if warn else "black")
         fig.tight_layout()
         save_figure(fig, out / "probe_transfer.png")
         plt.close(fig)
         files.append(out / "probe_transfer.png")
     return [Path(f).name for f in files]
+
+
+def _calibrated_rows(entry: dict) -> list[tuple[str, float, float, float | None]]:
+    """(label, raw, calibrated, tau) of every calibrated score of one stats layer."""
+    rows = []
+    for name in ("biased", "debiased"):
+        e = entry.get("cka", {}).get(name, {})
+        if e.get("calibrated"):
+            rows.append((f"CKA {name}", e["estimate"], e["calibrated"]["score"], e["calibrated"]["tau"]))
+    for key, label in (("knn_jaccard", "k-NN Jaccard"), ("knn_mutual", "k-NN mutual")):
+        for k, e in entry.get(key, {}).items():
+            if e.get("calibrated"):
+                rows.append((f"{label} k={k}", e["estimate"], e["calibrated"]["score"], e["calibrated"]["tau"]))
+    for key, label in (("procrustes_cosine_test", "Procrustes cos (held-out)"), ("dimcorr", "dim. correlation")):
+        e = entry.get(key) or {}
+        if e.get("calibrated"):
+            rows.append((label, e["estimate"], e["calibrated"]["score"], e["calibrated"]["tau"]))
+    return rows
+
+
+def _calibrated_figure(plt, report: dict, names: str, out: Path):
+    """Raw against null-calibrated scores at the last stats layer (tau: the permutation-null threshold)."""
+    per = report.get("stats", {}).get("per_layer") or []
+    rows = _calibrated_rows(per[-1]) if per else []
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [_nan(r[1]) for r in rows], 0.4, label="raw", color="0.6")
+    ax.bar(x + 0.2, [_nan(r[2]) for r in rows], 0.4, label="calibrated", color="C0")
+    ax.plot(x - 0.2, [_nan(r[3]) for r in rows], "_", color="C3", markersize=18, mew=2,
+            label=f"null threshold tau (alpha {report['stats'].get('alpha', 0.05)})")
+    ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(min(0.0, np.nanmin([_nan(r[1]) for r in rows])) - 0.02, 1.05)
+    ax.axhline(0, color="black", lw=0.5)
+    layer = f"{per[-1]['layer_a']}/{per[-1]['layer_b']}"
+    ax.set_title(f"raw vs null-calibrated similarity, {names}, layer {layer}\n"
+                 "calibrated = max(0, (s - tau) / (1 - tau)): 0 = not above unrelated representations", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out / "calibrated.png")
+    plt.close(fig)
+    return out / "calibrated.png"

@@ -95,25 +95,44 @@ def load_features(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def compare(current: torch.Tensor, other: torch.Tensor, k: int) -> dict[str, float]:
+def compare(current: torch.Tensor, other: torch.Tensor, k: int, n_perm: int = 0, seed: int = 0) -> dict[str, float]:
+    """CKA (biased, debiased) and k-NN Jaccard of two probe embeddings; with ``n_perm`` > 0 also their
+    null-calibrated values (``*_cal``: probe texts re-paired ``n_perm`` times, ``max(0, (s - tau) / (1 - tau))``)
+    and the thresholds (``*_tau``)."""
     from reasoning_embed.hrsa import knn_jaccard, linear_cka
 
     kk = min(k, current.shape[0] - 1)
-    return {
+    out = {
         "cka": linear_cka(current, other),
         "cka_debiased": linear_cka(current, other, debiased=True) if current.shape[0] > 3 else float("nan"),
         f"knn{k}": knn_jaccard(current, other, k=(kk,)).jaccard[kk],
     }
+    if n_perm > 0 and current.shape[0] > 3:
+        import warnings
+
+        from reasoning_embed.hrsa.calibration import calibrate_null
+        from reasoning_embed.hrsa.fast_stats import knn_permutation_test
+        from reasoning_embed.hrsa.stats import cka_permutation_test
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pc = cka_permutation_test(current, other, n_perm=n_perm, seed=seed)
+            pk = knn_permutation_test(current, other, k=(kk,), n_perm=n_perm, seed=seed)[kk]
+        for name, p in (("cka", pc), (f"knn{k}", pk)):
+            cal = calibrate_null(p.observed, p.null)
+            out[f"{name}_cal"], out[f"{name}_tau"] = cal.score, cal.tau
+    return out
 
 
 class HRSACallback(L.Callback):
     def __init__(self, every_n_steps: int = 50, n_probe: int = 256, k: int = 10, layerwise: bool = False,
                  probe_file: str | None = None, reference_run: str | None = None,
                  reference_model: str | None = None, batch_size: int = 64, save_features: bool = True,
-                 out_dir: str | None = None, enabled: bool = True):
+                 out_dir: str | None = None, enabled: bool = True, n_perm: int = 50):
         self.every_n_steps, self.n_probe, self.k, self.layerwise = every_n_steps, n_probe, k, layerwise
         self.probe_file, self.reference_run, self.reference_model = probe_file, reference_run, reference_model
         self.batch_size, self.save, self.out_dir, self.enabled = batch_size, save_features, out_dir, enabled
+        self.n_perm = n_perm           # permutations for the calibrated CKA / k-NN of each record (0: off)
         self.texts: list[str] = []
         self.instructions: list[str | None] = []
         self.init: dict[str, torch.Tensor] | None = None
@@ -217,11 +236,11 @@ class HRSACallback(L.Callback):
             self.init = feats
         emb = feats["embeddings"]
         record: dict = {"step": step, "n_probe": emb.shape[0]}
-        for name, value in compare(emb, self.init["embeddings"], self.k).items():
+        for name, value in compare(emb, self.init["embeddings"], self.k, self.n_perm).items():
             record[f"{name}_vs_init"] = value
         ref = self._reference_at(step)
         if ref is not None and ref.shape[0] == emb.shape[0]:
-            for name, value in compare(emb, ref, self.k).items():
+            for name, value in compare(emb, ref, self.k, self.n_perm).items():
                 record[f"{name}_vs_ref"] = value
         if self.layerwise:
             from reasoning_embed.hrsa import linear_cka
