@@ -53,3 +53,24 @@ def test_save_figure_writes_a_png(tmp_path):
     save_figure(fig, tmp_path / "f.png")
     plt.close(fig)
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_directory_replaced_whole_or_not_at_all(tmp_path):
+    from reasoning_embed.utils.io import atomic_dir
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.bin").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.bin").write_text("half")
+            raise RuntimeError("interrupted")
+    assert [p.name for p in out.iterdir()] == ["old.bin"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(out) as tmp:
+            (tmp / "new.bin").write_text("new")
+    finally:
+        os.umask(old)
+    assert [p.name for p in out.iterdir()] == ["new.bin"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert out.stat().st_mode & 0o777 == 0o755

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
+
+from reasoning_embed.utils.io import atomic_dir
 
 SPEC_FILE = "asset.json"
 
@@ -48,15 +48,11 @@ def build_once(root: str | Path, name: str, spec: dict, build: Callable[[Path], 
     with FileLock(str(target) + ".lock"):
         if cached(target, spec):  # another process built it while we waited
             return target
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}-"))
-        try:
+        for stale in root.glob(f".{target.name}-*"):  # a killed build's staging (we hold the only lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        with atomic_dir(target) as staging:  # replaces an incomplete earlier build (no matching asset.json)
             build(staging)
             (staging / SPEC_FILE).write_text(json.dumps({"spec": _canonical(spec)}, indent=2) + "\n")
-            if target.exists():  # an incomplete earlier build (no matching asset.json)
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         log(f"[reasoning-embed] built {target}")
     return target
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from reasoning_embed.errors import ReasoningEmbedError
 from reasoning_embed.mining.mine import MineSettings, mine_file
-from reasoning_embed.utils.io import atomic_write_json
+from reasoning_embed.utils.io import atomic_dir, atomic_write_json
 
 OFFLINE_MINING_VERSION = 1
 log = logging.getLogger(__name__)
@@ -59,12 +59,8 @@ def mine_offline_corpus(corpus_dir: str | Path, out_dir: str | Path, reference: 
                                                    "seconds")}
     for split in ("val", "test"):
         if (corpus_dir / split).is_dir():
-            dest = out_dir / split
-            tmp = out_dir / f".{split}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(corpus_dir / split, tmp)
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
+            with atomic_dir(out_dir / split) as tmp:
+                shutil.copytree(corpus_dir / split, tmp, dirs_exist_ok=True)
     atomic_write_json(manifest_path, {"stamp": stamp, "reference_fingerprint": ref.fingerprint,
                                       "negatives": f"mined ({settings.mode}) with {reference}",
                                       "load_seconds": load_s, "seconds": time.perf_counter() - t0,

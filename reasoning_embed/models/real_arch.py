@@ -9,9 +9,9 @@ export of a tied-embedding model) shows on a CPU in minutes.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
+
+from reasoning_embed.utils.io import atomic_dir
 
 REAL_ARCHS: dict[str, dict] = {
     "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -51,14 +51,7 @@ def build_real_arch(out_dir: str | Path, family: str, num_hidden_layers: int = 2
     config.pad_token_id = tok.pad_token_id
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

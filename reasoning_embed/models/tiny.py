@@ -12,9 +12,9 @@ built on first use by ``reasoning_embed.assets``, keyed by the hash of their spe
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
+
+from reasoning_embed.utils.io import atomic_dir
 
 QWEN_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -91,18 +91,11 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None, prefix=".tiny-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "foundry.json").write_text(json.dumps({
             "variant": variant, "how": "random init (no training); see reasoning_embed.models.tiny",
             "seed": seed, "tokenizer": tokenizer, "heldout_accuracy": None,
         }, indent=2))
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

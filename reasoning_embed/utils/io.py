@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,26 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     complete new one, never a half-written one."""
     with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
         yield f
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A fresh directory beside ``path`` to build a directory in (a saved model, a corpus split); on leaving
+    without an error it takes ``path``'s place (an existing one, e.g. an incomplete earlier build, is removed
+    first), on an error it is removed. Permissions follow the umask like any directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 directories
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
