@@ -26,7 +26,6 @@ The gain comes from batching by token count: with characters as the proxy (sente
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -38,12 +37,13 @@ ROOT = _common.ROOT
 
 
 def texts(corpus_dir: Path, n: int) -> tuple[list[str], list[str]]:
+    from reasoning_embed.data.jsonl import read_jsonl
+
     docs, queries = [], []
     for kind in ("code", "docstring"):
-        for line in open(corpus_dir / "test" / f"{kind}.jsonl", encoding="utf-8"):
-            row = json.loads(line)
-            docs.append(row["pos"][0])
-            queries.append(row["query"][1])
+        for row in read_jsonl(corpus_dir / "test" / f"{kind}.jsonl")[0]:
+            docs.append(row.pos[0])
+            queries.append(row.query)
     return docs[:n], queries[:n]
 
 

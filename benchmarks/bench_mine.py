@@ -85,13 +85,13 @@ def tiny_reference_dir() -> Path:
 
 
 def make_input(n: int, path: Path, seed: int = 0) -> None:
+    from reasoning_embed.data.jsonl import read_jsonl
     from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
 
     corpus = build_stdlib_corpus(ROOT / "outputs" / "data" / "stdlib")
     words = set()
-    for line in (corpus / "train" / "docstring.jsonl").read_text().splitlines()[:2000]:
-        row = json.loads(line)
-        words.update(w for w in (row["query"][1] + " " + row["pos"][0]).split() if w.isalpha())
+    for row in read_jsonl(corpus / "train" / "docstring.jsonl")[0][:2000]:
+        words.update(w for w in (row.query + " " + row.pos[0]).split() if w.isalpha())
     words = sorted(words)
     rng = random.Random(seed)
     with open(path, "w") as f:
