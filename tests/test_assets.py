@@ -62,3 +62,7 @@ def test_build_once_builds_each_spec_once_and_leaves_no_partial_build(tmp_path):
     with pytest.raises(RuntimeError):
         build_once(tmp_path, "thing", {"k": 2}, broken, log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [a.name]  # nothing half-built remains
+    killed = tmp_path / f".thing-{spec_hash({'k': 3})}-abc"  # the staging dir of a build that was killed
+    killed.mkdir()
+    build_once(tmp_path, "thing", {"k": 3}, build, log=lambda *_: None)
+    assert not killed.exists()
