@@ -24,7 +24,6 @@ QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28
                   tie_word_embeddings=True)
 TINY = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=1000, max_position_embeddings=512, tie_word_embeddings=True)
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
 def build_module(size: str, device: str, chunk: int | None):
@@ -101,9 +100,10 @@ def main():
     device = "gpu" if torch.cuda.is_available() else "cpu"
     batch = args.batch or (64 if device == "gpu" else 8)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    if device == "gpu" and peak is None:
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    if device == "gpu" and peak is None:  # the training module's table (train/mfu)
+        from reasoning_embed.training.throughput import device_peak_flops
+
+        peak = device_peak_flops(torch.device("cuda"), "bf16-mixed")
     rows = [measure(args.size, device, batch, args.seq, None, args.steps),
             measure(args.size, device, batch, args.seq, min(args.chunk, batch // 2), args.steps)]
     print(f"{args.size} backbone ({rows[0]['params_non_embedding'] / 1e6:.0f}M non-embedding params), {device}, "

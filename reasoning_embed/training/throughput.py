@@ -31,10 +31,10 @@ def device_peak_flops(device: torch.device, precision: str | None, override_tflo
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(non-embedding parameters, trainable non-embedding parameters)."""
+    """(non-embedding weight-matrix parameters, the trainable ones): the parameters that multiply."""
     total = trainable = 0
     for name, p in model.named_parameters():
-        if "embed_tokens" in name or "wte" in name:
+        if "embed_tokens" in name or "wte" in name or p.dim() < 2:  # lookups, biases and norms do no matmul
             continue
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
