@@ -181,6 +181,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict:
             export_encoder(encoder, output_dir / "model", instruction=instruction, card=card)
             metrics["export"] = str(output_dir / "model")
             write()
+        metrics["baselines"] = _baselines(cfg, module, datamodule)
+        write()
         metrics["eval"] = _evaluate_at_end(cfg, encoder, output_dir, loggers, trainer.global_step)
         metrics["status"] = "complete"
         write()
@@ -188,6 +190,17 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict:
             (output_dir / stale).unlink(missing_ok=True)
         _final_lines(metrics, output_dir)
     return metrics
+
+
+def _baselines(cfg, module, datamodule) -> dict:
+    """``baselines`` (bm25, minilm) on the held-out sets, with the keys of ``final_val``."""
+    names = list(cfg.get("baselines") or [])
+    val_sets = module.val_sets or getattr(datamodule, "val_sets", None) or []
+    if not names or not val_sets:
+        return {}
+    from reasoning_embed.evaluation.baselines import baseline_metrics
+
+    return baseline_metrics(val_sets, names, cache_dir=Path(cfg.paths.data_dir) / "baselines")
 
 
 def _metrics_writer(output_dir: Path, metrics: dict, is_rank_zero: bool):
@@ -205,6 +218,8 @@ def _final_lines(metrics: dict, output_dir: Path) -> None:
     if initial:
         log.info("held-out nDCG@10: untrained %.4f -> trained %.4f", initial.get("val/ndcg@10", float("nan")),
                  final.get("val/ndcg@10", float("nan")))
+    for name, scores in metrics.get("baselines", {}).items():
+        log.info("held-out nDCG@10 of the %s baseline: %.4f", name, scores.get("val/ndcg@10", float("nan")))
     if metrics.get("collapsed"):
         spread = metrics.get("embedding_spread", {})
         log.warning("the trained embeddings COLLAPSED (mean pairwise cosine %.3f, effective rank %.2f): retrieval "
