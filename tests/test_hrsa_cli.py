@@ -17,7 +17,7 @@ from reasoning_embed.errors import TokenizerMismatchError
 from reasoning_embed import CONF_DIR
 
 FIGURES = {"cka_biased.png", "cka_debiased.png", "dimcorr.png", "knn_overlap.png", "procrustes.png",
-           "alignment_matrix.png", "probe_transfer.png"}
+           "alignment_matrix.png", "probe_transfer.png", "calibrated.png"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -114,6 +114,7 @@ def test_report_hrsa_summary_of_the_backbones(micro_backbone, corpus_dir, tmp_pa
     rl = by_name["rl"]
     assert rl["cka"] == pytest.approx(1.0, abs=1e-6) and rl["knn10"] == pytest.approx(1.0)
     assert rl["procrustes_cosine_test"] == pytest.approx(1.0, abs=1e-4)
+    assert rl["cka_calibrated"] == pytest.approx(1.0) and rl["knn10_calibrated"] == pytest.approx(1.0)
     assert (root / "report" / "hrsa" / "base__vs__rl" / "hrsa.json").is_file()
     assert "absent_base" in by_name["sft"]["note"]
     md = (root / "report" / "table.md").read_text()
