@@ -132,10 +132,11 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict:
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except BaseException:
+    except SystemExit:  # Lightning's SIGTERMException after a handled signal is the interruption itself
         if interrupt.signum is None:
-            raise  # Lightning's SIGTERMException after a handled signal is the interruption itself
+            raise
     if interrupt.signum is not None:
+        interrupt.save_after_fit(trainer)  # no-op when the callback already saved at the step's end
         raise RunInterrupted(interrupt.signum, interrupt.saved_step, interrupt.ckpt_path)
     train_seconds = time.perf_counter() - start
     # A checkpoint callback may already have saved this very step mid-epoch (the resumable state); saving
@@ -294,8 +295,12 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
     })
 
 
+class _Terminated(KeyboardInterrupt):
+    signum = 15  # SIGTERM
+
+
 def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt  # outside training (validation, export, evaluation): stop like Ctrl-C does
+    raise _Terminated  # outside training (validation, export, evaluation): stop like Ctrl-C does
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -313,10 +318,11 @@ def main(cfg: DictConfig) -> float | None:
         command = _record_interruption(cfg, e.signum, e.step)
         print(f"interrupted at step {e.step}; checkpoint {e.checkpoint}. Resume with:\n  {command}", file=sys.stderr)
         raise
-    except KeyboardInterrupt:  # before or after training: nothing to lose, nothing to record as a failure
-        command = _record_interruption(cfg, signal.SIGINT, None)
+    except KeyboardInterrupt as e:  # before or after training: nothing to lose, nothing to record as a failure
+        signum = getattr(e, "signum", signal.SIGINT)
+        command = _record_interruption(cfg, signum, None)
         print(f"interrupted. Resume with:\n  {command}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + signum) from None
     except BaseException as e:  # Hydra's multirun goes on with the other jobs; the report lists this one
         _record_failure(cfg, e)
         raise

@@ -108,7 +108,7 @@ def test_signal_saves_a_resumable_checkpoint_and_records_an_interruption(micro_b
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(_cli_args(micro_backbone, corpus_dir, run_dir, "trainer.max_steps=100000",
                                       "trainer.val_check_interval=100000", "callbacks.hrsa.enabled=false",
-                                      "+extra_note=a,b"),
+                                      '+extra_note="a, b"'),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ENV)
     out = []
     for line in proc.stdout:  # wait until training runs
@@ -127,7 +127,7 @@ def test_signal_saves_a_resumable_checkpoint_and_records_an_interruption(micro_b
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     cmd = shlex.split(info["resume"])
     assert cmd[1:3] == ["-m", "reasoning_embed.train"] and "ckpt_path=last" in cmd
-    assert f"hydra.run.dir={run_dir.resolve()}" in cmd and "+extra_note=a,b" in cmd  # verbatim overrides
+    assert f"hydra.run.dir={run_dir.resolve()}" in cmd and '+extra_note="a, b"' in cmd  # verbatim overrides
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == info["step"]
 

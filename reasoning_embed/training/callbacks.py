@@ -29,7 +29,7 @@ class GracefulInterrupt(L.Callback):
 
     ``signum`` tells the entry point afterwards that the run was interrupted (and by what), not that it failed.
     Under DDP, Lightning's own SIGTERM handler (kept: this one chains to it) stops every rank at the same
-    step by raising its SIGTERMException, and ``on_exception`` saves the checkpoint there.
+    step by raising its SIGTERMException; the entry point then saves with ``save_after_fit``.
     """
 
     def __init__(self, ckpt_path: str):
@@ -80,11 +80,11 @@ class GracefulInterrupt(L.Callback):
             trainer.should_stop = True
 
     def on_exception(self, trainer, pl_module, exception):
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
+        self._restore()  # Lightning's SIGTERMException (raised between steps): the entry point saves after fit
 
-        if self.signum is not None and isinstance(exception, SIGTERMException):
-            self._save(trainer)  # raised between steps: the state is consistent
-        self._restore()
+    def save_after_fit(self, trainer) -> None:
+        """The signal stopped fit by Lightning's SIGTERMException, between steps: save that consistent state."""
+        self._save(trainer)
 
     def on_fit_end(self, trainer, pl_module):
         self._restore()
