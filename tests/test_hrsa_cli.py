@@ -101,6 +101,9 @@ def test_model_against_itself(hrsa_cfg, micro_backbone, corpus_dir, tmp_path):
     assert last["knn_jaccard"]["5"]["calibrated"]["score"] == pytest.approx(1.0)
     assert last["knn_mutual"]["5"]["calibrated"]["score"] == pytest.approx(1.0)
     assert last["dimcorr"]["calibrated"]["score"] == pytest.approx(1.0, abs=1e-6)
+    search = stats["layer_search"]               # calibrated with one permutation shared by all layers
+    assert search["max"]["score"] == pytest.approx(1.0) and search["max"]["p_value"] == pytest.approx(1 / 21)
+    assert 0 < search["mean"]["score"] <= 1 and search["mean"]["p_value"] == pytest.approx(1 / 21)
 
     probe = disk["probe"]
     assert probe["native"] == probe["raw_transfer"] == probe["b_own"] == probe["aligned_transfer"]
