@@ -29,6 +29,8 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
     for key in ("val/ndcg@10", "val/recall@10", "val/mrr@10"):
         assert 0 <= metrics["final_val"][key] <= 1 and key in metrics["initial_val"]
     assert json.loads((run_dir / "model/config.json").read_text())["is_causal"] is False
+    assert set(metrics["baselines"]) == {"bm25"}  # debug=fast; the default also scores minilm
+    assert {k for k in metrics["final_val"] if not k.startswith("val/spread/")} == set(metrics["baselines"]["bm25"])
     local = metrics["eval"]["local"]  # evaluation at the end of training lands in metrics.json
     assert local["failed"] == [] and 0 <= local["mean_task"] <= 100 and (run_dir / "eval/local/summary.json").exists()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
