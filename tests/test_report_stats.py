@@ -81,3 +81,11 @@ def test_four_verdicts():
     apply_holm([diff, equiv, unclear, few])
     assert [c.verdict for c in (diff, equiv, unclear, few)] == ["different", "equivalent", "inconclusive",
                                                                 "underpowered"]
+
+
+def test_hierarchical_bootstrap_with_ragged_task_counts_weights_seeds_equally():
+    """A seed with 1 task and a seed with 4 count the same: replicates are means of per-seed means."""
+    lo, hi = hierarchical_bootstrap_ci([[0.0, 0.0, 0.0, 0.0], [10.0]], n_boot=4000, alpha=0.02, seed=0)
+    assert lo == 0.0 and hi == 10.0                    # padding never enters a replicate
+    lo, hi = hierarchical_bootstrap_ci([[1.0, 3.0], [1.0, 3.0]], n_boot=4000, alpha=0.02, seed=0)
+    assert 1.0 <= lo < 2.0 < hi <= 3.0
