@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoning_embed.data.jsonl import iter_json_lines
+from reasoning_embed.data.jsonl import iter_json_lines, text_lines
 from reasoning_embed.errors import DataFormatError
 
 PAIRS_USE = ("pos", "query", "both")
@@ -181,7 +181,7 @@ def load_texts(source: str = "builtin", *, corpus_dir: str | Path | None = None,
                 elif suffix in (".csv", ".tsv"):
                     texts, labels = _read_csv(path, text_field, label_field)
                 elif suffix in (".txt", ".text", ""):
-                    texts = path.read_text(encoding="utf-8").splitlines()
+                    texts = [line.rstrip("\r\n") for _, line in text_lines(path)]  # one text per line
                     labels = None
                 else:
                     raise DataFormatError(path, None, None, f"unknown file type {suffix!r}; expected .txt (one text "
