@@ -37,6 +37,18 @@ for both sides alike):
     same shapes: ratio 0.90
     whole script: 4 min 51 s
 
+Since then the HRSA run's default is float32 GEMMs with float64 sums, in the blocked engine
+(reasoning_embed.hrsa.cka_blocked, exact column means first, each chunk's product added into float64).
+``bench_hrsa_cka.py --quick --threads 1`` (4,000 rows; 2-core VM with a load average of 13-15 from other
+jobs, 2026-11-30):
+
+    reference (in RAM, fp32, 3 GEMMs/pair)                    wall 116.8 s
+    HRSA run's engine, default (blocked, fp32 GEMMs / fp64)   wall  52.8 s   speedup 2.21x   max |. - fp64| 4.0e-09
+    streaming accumulator, default fp32                       wall  90.4 s   speedup 1.29x   max |. - fp64| 2.1e-09
+    streaming accumulator, fp64 GEMMs (opt-in exact)          wall 137.3 s   speedup 0.85x
+    (the reference itself is 2.6e-06 from fp64; timings under such load vary by ~30% between runs)
+
+Earlier full run (the streaming accumulator, 20,000 rows):
 The 3x speedup target is NOT reached, and cannot be at equal GEMM efficiency: the reference does
 3 * 169 = 507 GEMMs of n x d x d, ours 169 + 26 = 195 (self terms once per layer), a 2.6x bound;
 both sides run float32 GEMMs at the same efficiency, so the remaining gap is our ~10% overhead

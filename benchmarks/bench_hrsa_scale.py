@@ -21,6 +21,20 @@ torch, statistics, buffers) is clean:
   a 2 MB budget, in its default float32-GEMM mode (max relative difference over the biased and the debiased
   matrices), and in float64 mode.
 
+Measured here (2-core VM shared with other jobs: load average 13-19 on the 2 CPUs throughout; 1 thread;
+2026-11-30; so each budget ran its first block pair only, wall times extrapolated):
+
+    --quick --block-pairs 1 (5,000 tokens; the run was stopped by its own 30-minute timeout during the 8 GB budget)
+    budget 2 GB: 3 x 3 blocks of 10 x 10 layers, chunks of 512; peak rss 2.36 GB; wall 2438 s est.; FLOP ratio 0.61
+    budget 4 GB: 2 x 3 blocks of 15 x 10 layers, chunks of 5000; peak rss 3.98 GB; wall 3108 s est.; FLOP ratio 0.88
+    --tokens 1000 --budgets 8 --block-pairs 1
+    budget 8 GB: 1 x 3 blocks of 29 x 10 layers, chunks of 1000; peak rss 6.10 GB; wall 248 s est.; FLOP ratio 0.66
+    agreement (12 x 12 layers, d=128, 2,000 tokens, 2 MB budget): 7.2e-09 (float32 GEMMs), 5.6e-15 (float64)
+    last line: hrsa scale: tokens 1000, budget 8 GB, peak rss 6.10 GB, flops ratio 0.66, max rel diff 7.2e-09
+
+(The plain-matmul rate itself moved between 8 and 26 GFLOP/s with the other jobs' load; the wall times
+are those of a 1-thread share of a saturated machine, not of a workstation.)
+
 The last line reads ``hrsa scale: tokens N, budget B GB, peak rss P GB, flops ratio R, max rel diff D`` for
 the largest budget. ``--threads`` torch threads (default 1: on a shared, loaded 2-core CPU two threads
 spin in OpenMP barriers and run slower).
