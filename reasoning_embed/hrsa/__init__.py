@@ -8,17 +8,19 @@ layered on top (``stats``, ``cka_stream``). Definitions and pitfalls:
 Representation level: :func:`dimension_wise_correlation`, :func:`orthogonal_procrustes`
 (+ :func:`split_rows`), :func:`inverse_row_entropy`, :func:`random_rotation_entropy_baseline`.
 Geometry level: :func:`linear_cka`, :func:`cka_matrix`, :class:`CKAAccumulator`,
-:func:`knn_jaccard`. Function level: :func:`linear_probe_transfer`, :func:`stratified_split`.
+:func:`cka_matrix_blocked` (all layer pairs within a memory budget), :func:`knn_jaccard`. Function level: :func:`linear_probe_transfer`, :func:`stratified_split`.
 Statistics: :func:`bootstrap_ci`, :func:`permutation_test`, :func:`cka_permutation_test`.
 Massive activations: :func:`massive_activation_dims`, :func:`zscore_columns`, :func:`clamp_quantile`.
 Fast exact nulls: :func:`cka_bootstrap_ci`, :func:`knn_bootstrap_ci`, :func:`knn_permutation_test`.
 
 Two models end to end (``python -m reasoning_embed.hrsa``): :mod:`.texts` (inputs), :mod:`.features`
 (streaming extraction, token sample), :mod:`.analysis` (every metric), :mod:`.figures`, :mod:`.pipeline`
-(imported lazily: they pull in transformers and matplotlib).
+(imported lazily: they pull in transformers and matplotlib); :mod:`.feature_cache` keeps each model's
+hidden states on disk between runs.
 """
 
 from .cka import hsic_unbiased, linear_cka, linear_cka_gram
+from .cka_blocked import cka_matrix_blocked
 from .cka_stream import CKAAccumulator, cka_matrix
 from .dimcorr import DimCorrResult, dimension_wise_correlation
 from .fast_stats import cka_bootstrap_ci, knn_bootstrap_ci, knn_permutation_test
@@ -34,7 +36,7 @@ __all__ = [
     "dimension_wise_correlation", "DimCorrResult",
     "orthogonal_procrustes", "procrustes_scores", "ProcrustesResult", "split_rows",
     "inverse_row_entropy", "random_rotation_entropy_baseline",
-    "linear_cka", "linear_cka_gram", "hsic_unbiased", "cka_matrix", "CKAAccumulator",
+    "linear_cka", "linear_cka_gram", "hsic_unbiased", "cka_matrix", "CKAAccumulator", "cka_matrix_blocked",
     "knn_jaccard", "knn_indices", "dedupe_rows", "KNNResult",
     "linear_probe_transfer", "stratified_split", "ProbeTransferResult",
     "bootstrap_ci", "permutation_test", "cka_permutation_test", "group_permutations",
