@@ -28,6 +28,7 @@ from typing import Callable
 
 from reasoning_embed.errors import ReasoningEmbedError
 from reasoning_embed.models.defaults import ENCODER_KEYS, encoder_defaults
+from reasoning_embed.utils.hub import cached_snapshot
 
 log = logging.getLogger("reasoning_embed.models")
 
@@ -95,16 +96,13 @@ def resolve_spec(spec, revision: str | None = None, build: Callable | None = Non
             f"model {text!r} is neither a run directory (with model/config.json), a model export, a "
             f"sentence-transformers directory nor a Hugging Face model directory (no config.json)")
     if text.lower() in MINILM_ALIASES:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(MINILM_HUB_ID, "config.json")
-        if text.lower() == "minilm" or not isinstance(cached, str):
+        if text.lower() == "minilm" or cached_snapshot(MINILM_HUB_ID) is None:
             return ResolvedSpec("sentence_transformers", str(minilm_dir()), "all-MiniLM-L6-v2")
         text = MINILM_HUB_ID
     if _is_config_name(text):
         return resolve_spec(_built({"path": text, "name": text}, build), revision)
     hub_id = resolve_backbone(text, revision=revision)  # a missing path or an uncached id offline: a clear error
-    snapshot = _hub_snapshot(hub_id, revision)
+    snapshot = cached_snapshot(hub_id, revision)
     kind = _dir_kind(snapshot) if snapshot is not None else "backbone"
     return ResolvedSpec(kind, hub_id, hub_id, revision=revision)
 
@@ -127,17 +125,10 @@ def _built(spec: dict, build: Callable | None) -> dict:
     return out
 
 
-def _hub_snapshot(hub_id: str, revision: str | None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    return Path(cached).parent if isinstance(cached, str) else None
-
-
 def local_dir(resolved: ResolvedSpec) -> Path | None:
     """The directory the weights are read from (a hub id's cached snapshot), if there is one."""
     p = Path(resolved.path)
-    return p if p.is_dir() else _hub_snapshot(resolved.path, resolved.revision)
+    return p if p.is_dir() else cached_snapshot(resolved.path, resolved.revision)
 
 
 def model_identity(resolved: ResolvedSpec) -> str:
