@@ -27,6 +27,7 @@ from reasoning_embed.training.losses import info_nce_with_grad
 
 SIDES = ("query", "passages")
 PACKING_ATTENTION = ("flash_attention_2",)  # kernels that take packed rows with cumulative lengths
+MAX_CHUNK_PADDING = 0.1  # token-budget chunks of padded rows: at most this fraction padding each
 
 
 class RandomState:
@@ -78,8 +79,9 @@ def sorted_rows(lengths: list[int], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def budget_rows(lengths: list[int], budget: int) -> list[list[int]]:
-    """Rows sorted longest first, cut so that rows x longest row <= ``budget`` tokens per chunk.
+def budget_rows(lengths: list[int], budget: int, max_padding: float | None = MAX_CHUNK_PADDING) -> list[list[int]]:
+    """Rows sorted longest first, cut so that rows x longest row <= ``budget`` tokens per chunk and, with
+    ``max_padding``, no chunk is more than that fraction padding (short rows span a wide relative range).
 
     The padded cost of a chunk bounds its activation memory (and the packed cost, which is at most the
     padded one). A row longer than the budget forms a chunk of its own.
@@ -87,11 +89,16 @@ def budget_rows(lengths: list[int], budget: int) -> list[list[int]]:
     if budget < 1:
         raise ValueError(f"model.chunk_tokens must be a positive token count, got {budget}")
     chunks: list[list[int]] = []
+    useful = 0
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if chunks and (len(chunks[-1]) + 1) * max(1, lengths[chunks[-1][0]]) <= budget:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
+        if chunks:
+            cost = (len(chunks[-1]) + 1) * max(1, lengths[chunks[-1][0]])
+            if cost <= budget and (max_padding is None or 1 - (useful + lengths[i]) / cost <= max_padding):
+                chunks[-1].append(i)
+                useful += lengths[i]
+                continue
+        chunks.append([i])
+        useful = lengths[i]
     return chunks
 
 
@@ -150,7 +157,7 @@ def plan_chunks(batch: dict, chunk_size: int | None = None, chunk_tokens: int | 
     for side, size in zip(SIDES, (chunk_size, (chunk_size or 0) * group)):
         lengths = row_lengths(batch[side])
         if chunk_tokens:
-            plans.append(budget_rows(lengths, chunk_tokens))
+            plans.append(budget_rows(lengths, chunk_tokens, None if pack else MAX_CHUNK_PADDING))
         else:
             plans.append(sorted_rows(lengths, size) if sort else fixed_rows(len(lengths), size))
     if agree_counts is not None:
