@@ -221,6 +221,12 @@ def _final_lines(metrics: dict, output_dir: Path) -> None:
                  final.get("val/ndcg@10", float("nan")))
     for name, scores in metrics.get("baselines", {}).items():
         log.info("held-out nDCG@10 of the %s baseline: %.4f", name, scores.get("val/ndcg@10", float("nan")))
+    before, after = initial.get("val/ndcg@10"), final.get("val/ndcg@10")
+    if before is not None and after is not None and after < 0.5 * before:
+        log.warning("training made held-out retrieval WORSE (nDCG@10 %.4f -> %.4f); the embeddings' mean pairwise "
+                    "cosine went %.3f -> %.3f (they are bunching together): this model is not usable; lower the "
+                    "learning rate or raise the temperature", before, after,
+                    initial.get("val/spread/mean_cosine", float("nan")), final.get("val/spread/mean_cosine", float("nan")))
     if metrics.get("collapsed"):
         spread = metrics.get("embedding_spread", {})
         log.warning("the trained embeddings COLLAPSED (mean pairwise cosine %.3f, effective rank %.2f): retrieval "

@@ -387,3 +387,19 @@ def test_a_copied_checkout_reuses_the_mined_corpus(corpus_dir, micro_backbone, t
     again = mined_corpus(there / "outputs" / "data" / "stdlib", reference=str(there / "venv" / "reference"),
                          max_length=32, progress=False, build_corpus=False)
     assert again.parent == there / "outputs" / "data" and again.name == first.name
+
+
+def test_a_run_that_made_retrieval_worse_says_so(caplog):
+    from reasoning_embed.train import _final_lines
+
+    # the figures of `experiment=offline_default debug=fast trainer.max_steps=30 data=offline_random`
+    metrics = {"initial_val": {"val/ndcg@10": 0.0877, "val/spread/mean_cosine": 0.18},
+               "final_val": {"val/ndcg@10": 0.0, "val/spread/mean_cosine": 0.86}, "collapsed": False}
+    with caplog.at_level("WARNING"):
+        _final_lines(metrics, Path("run"))
+    assert "WORSE" in caplog.text and "0.0877 -> 0.0000" in caplog.text and "0.180 -> 0.860" in caplog.text
+    caplog.clear()
+    metrics["final_val"]["val/ndcg@10"] = 0.2
+    with caplog.at_level("WARNING"):
+        _final_lines(metrics, Path("run"))
+    assert "WORSE" not in caplog.text

@@ -108,6 +108,6 @@ class StepProgressBar(TQDMProgressBar):
         return 0
 
     def init_validation_tqdm(self):
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+        return Tqdm(disable=True)  # created disabled: a bar disabled after creation has already printed
