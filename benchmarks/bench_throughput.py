@@ -3,6 +3,7 @@ sentence-transformers' CachedMultipleNegativesRankingLoss, side by side on the s
 
     .venv/bin/python benchmarks/bench_throughput.py            # global batch 256, 512-token limit, 3 batches
     .venv/bin/python benchmarks/bench_throughput.py --quick    # everything / 8: batch 32, chunk 4, 2048 tokens
+    .venv/bin/python benchmarks/bench_throughput.py --padding-only   # padding at batch 256, no model run (seconds)
 
 Corpus: the stdlib retrieval corpus (code and docstrings, a handful to 512 tokens), each batch drawn from
 one file as the recipe does, 1 query + 1 positive + 3 hard negatives per row, texts read up to 512 tokens.
@@ -244,6 +245,21 @@ def default_offline(encoder_fn, rows, device, n_batches):
         print(f"  {'cached, ' + name:<28}: {r['useful_tok_s']:>9,.0f} useful tok/s, padding {100 * r['padding']:4.1f}%")
 
 
+def padding_only(batches, args):
+    from reasoning_embed.training import grad_cache
+
+    total = sum(useful(b) for b in batches)
+    plans = {f"(a) fixed, chunk_size {args.chunk_size}": dict(chunk_size=args.chunk_size, sort=False),
+             f"(b) sorted, chunk_tokens {args.chunk_tokens}": dict(chunk_size=args.chunk_size, chunk_tokens=args.chunk_tokens)}
+    for name, plan in plans.items():
+        computed = sum(c.feats["input_ids"].numel() for b in batches for c in grad_cache.plan_chunks(b, **plan))
+        print(f"  {name:<44}: padding {100 * (1 - total / computed):5.1f}%")
+    for mbs in args.st_sizes or [16, 32, 64]:
+        for mbnt in [None, *(args.st_tokens or [8192, 16384])]:
+            computed = sum(st_computed_tokens(st_features(b), mbs, mbnt) for b in batches)
+            print(f"  {f'(c) st, mini_batch_size {mbs}, num_tokens {mbnt}':<44}: padding {100 * (1 - total / computed):5.1f}%")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the same set-up scaled by 1/8 (global batch 32, chunk_size 4, "
@@ -257,6 +273,7 @@ def main():
     ap.add_argument("--st-tokens", type=int, nargs="+", default=None,
                     help="sweep of mini_batch_num_tokens besides None (8192 16384)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP barriers on a busy CPU)")
+    ap.add_argument("--padding-only", action="store_true", help="padding fractions of the chunkings, no timing")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -279,6 +296,8 @@ def main():
           f"global batch {args.batch} x (1 query + {GROUP} passages), {n_batches} batches")
     print(f"passage tokens: min {lengths.min():.0f}, median {lengths.median():.0f}, max {lengths.max():.0f} "
           f"(limit {args.max_len})")
+    if args.padding_only:
+        return padding_only(batches, args)
     sizes = args.st_sizes or ([8] if args.quick else [16, 32, 64])
     budgets = args.st_tokens or ([2048] if args.quick else [8192, 16384])
     best_st = sweep_st(encoder, model, batches[0], device, sizes, budgets)
