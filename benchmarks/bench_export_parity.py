@@ -20,14 +20,12 @@ from pathlib import Path
 
 
 def held_out_sets(run: Path):
-    from omegaconf import OmegaConf
-
-    from reasoning_embed.data.jsonl import data_files, read_jsonl
+    """The run's validation files (as ``data_report.json`` lists them), every query of each."""
+    from reasoning_embed.data.jsonl import read_jsonl
     from reasoning_embed.retrieval import retrieval_set_from_rows
 
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    val = OmegaConf.select(cfg, "data.val")
-    return [retrieval_set_from_rows(Path(f).stem, read_jsonl(f)[0]) for f in data_files(val)]
+    files = json.loads((run / "data_report.json").read_text())["val"]
+    return [retrieval_set_from_rows(Path(f).stem, read_jsonl(f)[0]) for f in files]
 
 
 def main():
