@@ -36,7 +36,7 @@ import numpy as np
 
 from reasoning_embed.data.jsonl import read_jsonl
 from reasoning_embed.errors import ReasoningEmbedError
-from reasoning_embed.mining.mine import _umask_mode, histogram
+from reasoning_embed.mining.mine import histogram
 from reasoning_embed.mining.reference import Reference
 from reasoning_embed.mining.store import content_key, embed_table
 from reasoning_embed.utils.io import atomic_write_json, atomic_write_text
@@ -115,8 +115,7 @@ def filter_file(input_path: str | Path, output_path: str | Path, reference: Refe
         if record_margin:
             record["margin"] = None if np.isnan(margin[j]) else round(float(margin[j]), 6)
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    atomic_write_text(output_path, "".join(lines))
-    _umask_mode(output_path)
+    atomic_write_text(output_path, "".join(lines))  # permissions follow the umask (utils.io)
     if not keep_work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
     report = {

@@ -231,4 +231,3 @@ class ContrastiveModule(L.LightningModule):
     def throughput(self) -> float:
         """Useful tokens per second over all steps (all ranks' tokens, synchronised step time)."""
         return self._tokens / self._step_time if self._step_time else 0.0
-
