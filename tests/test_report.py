@@ -144,3 +144,30 @@ def test_empty_comparison_table_says_why(tmp_path):
     reason = report["table"]["empty_reason"]
     assert "alone (base: missing_base)" in reason
     assert "No comparison:" in (root / "report" / "table.md").read_text()
+
+
+def test_report_flags_runs_whose_model_collapsed_or_got_worse(tmp_path):
+    """A collapsed run and one whose training halved held-out nDCG@10 are named in table.md and report.json
+    (their scores stay in the table); a healthy run is not."""
+    from reasoning_embed.report.build import make_report
+
+    root = tmp_path / "sweep"
+    healthy = {"initial_val": {"val/ndcg@10": 0.08}, "final_val": {"val/ndcg@10": 0.12}, "collapsed": False}
+    worse = {"initial_val": {"val/ndcg@10": 0.0877}, "final_val": {"val/ndcg@10": 0.0}, "collapsed": False}
+    collapsed = {"initial_val": {}, "final_val": {}, "collapsed": True,
+                 "embedding_spread": {"mean_cosine": 0.999, "effective_rank": 1.01}}
+    for name, extra in (("ok", healthy), ("worse", worse), ("flat", collapsed)):
+        d = _run(root, name, "base", "base", 1, {"T1": 50.0})
+        metrics = json.loads((d / "metrics.json").read_text())
+        (d / "metrics.json").write_text(json.dumps({**metrics, **extra}))
+    cfg = OmegaConf.create({"sweep": str(root), "runs": None, "out": None, "alpha": 0.05, "n_boot": 100,
+                            "realign": False, "wandb": False, "hrsa": False})
+    report = make_report(cfg)
+    flagged = {p.rsplit("/", 1)[-1]: u["unusable"] for u in report["unusable"] for p in [u["dir"]]}
+    assert set(flagged) == {"worse", "flat"}
+    assert flagged["worse"] == ["training made held-out retrieval worse (nDCG@10 0.0877 -> 0.0000)"]
+    assert "collapsed" in flagged["flat"][0] and "0.9990" in flagged["flat"][0]
+    assert json.loads((root / "report" / "report.json").read_text())["unusable"] == report["unusable"]
+    md = (root / "report" / "table.md").read_text()
+    assert "2 run(s) ended with an unusable model" in md and "0.0877 -> 0.0000" in md and "embeddings collapsed" in md
+    assert f"`{root / 'ok'}`" not in md and len(report["runs"]) == 3

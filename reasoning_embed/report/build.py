@@ -29,7 +29,11 @@ def make_report(cfg) -> dict:
     table = build_table(runs, cfg.alpha, cfg.n_boot, float(cfg.get("margin", 1.0)))
     if table.get("empty_reason"):
         log.warning("no comparison table: %s", table["empty_reason"])
-    report = {"table": table, "failed": failed, "runs": [r["dir"] for r in runs]}
+    unusable = [r for r in runs + failed if r["unusable"]]
+    for r in unusable:
+        log.warning("%s: the trained model is unusable: %s", r["dir"], "; ".join(r["unusable"]))
+    report = {"table": table, "failed": failed, "runs": [r["dir"] for r in runs],
+              "unusable": [{k: r[k] for k in ("dir", "backbone", "finetune", "seed", "unusable")} for r in unusable]}
     if cfg.get("realign", True) and cfg.get("sweep"):
         from reasoning_embed.report.realignment import sweep_realignment
 
@@ -38,7 +42,7 @@ def make_report(cfg) -> dict:
     if cfg.get("hrsa", True):
         report["backbone_hrsa"] = backbone_hrsa(dirs, out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
     hrsa_md = render_hrsa_markdown(report.get("backbone_hrsa") or [])
-    atomic_write_text(out / "table.md", render_markdown(table, failed, hrsa_md))
+    atomic_write_text(out / "table.md", render_markdown(table, failed, hrsa_md, report["unusable"]))
     atomic_write_text(out / "table.csv", render_csv(table))
     atomic_write_json(out / "report.json", report)
     _log_wandb(table, out, cfg, report.get("backbone_hrsa") or [])

@@ -67,7 +67,10 @@ def run_status(run: Path) -> tuple[str, str]:
 
 
 def collect_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
-    """(finished runs with their scores, failed or unfinished runs with the reason)."""
+    """(finished runs with their scores, failed or unfinished runs with the reason); each run carries
+    ``unusable``: why its trained model is unusable (see :func:`unusable_reasons`), empty when it is not."""
+    from reasoning_embed.training.spread import unusable_reasons
+
     runs, failed = [], []
     for run in paths:
         cfg_path = run / ".hydra" / "config.yaml"
@@ -80,10 +83,11 @@ def collect_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
             "finetune": str(OmegaConf.select(cfg, "finetune.mode")), "seed": OmegaConf.select(cfg, "seed"),
         }
         status, reason = run_status(run)
+        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        info["unusable"] = unusable_reasons(metrics)  # collapsed, or worse than untrained: listed, never silent
         if status != "complete":
             failed.append({**info, "status": status, "reason": reason})
             continue
-        metrics = json.loads((run / "metrics.json").read_text())
         info["scores"] = task_scores(metrics)
         info["types"] = task_types(metrics)
         runs.append(info)

@@ -154,11 +154,19 @@ def _comparison_lines(table: dict) -> list[str]:
     return lines
 
 
-def render_markdown(table: dict, failed: list[dict], hrsa_markdown: str = "") -> str:
+def render_markdown(table: dict, failed: list[dict], hrsa_markdown: str = "", unusable: list[dict] = ()) -> str:
+    """``unusable``: runs whose trained model collapsed or retrieves worse than untrained (their scores stay in
+    the tables, flagged above them)."""
     cols = table["columns"]
-    lines = ["# Study report", "", "## Scores (x100), mean ± std over seeds", "",
-             "| backbone | finetune | seeds | " + " | ".join(cols) + " |",
-             "|---|---|---|" + "---|" * len(cols)]
+    lines = ["# Study report", ""]
+    if unusable:
+        lines += [f"**Note: {len(unusable)} run(s) ended with an unusable model** (a finished run's scores stay in "
+                  "the tables below):", ""]
+        lines += [f"- `{u['dir']}` ({u['backbone']}, {u['finetune']}, seed {u['seed']}): {'; '.join(u['unusable'])}"
+                  for u in unusable] + [""]
+    lines += ["## Scores (x100), mean ± std over seeds", "",
+              "| backbone | finetune | seeds | " + " | ".join(cols) + " |",
+              "|---|---|---|" + "---|" * len(cols)]
     for r in table["rows"]:
         lines.append(f"| {r['backbone']} | {r['finetune']} | {','.join(map(str, r['seeds']))} | "
                      + " | ".join(r["cells"][c]["text"] for c in cols) + " |")

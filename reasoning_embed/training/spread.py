@@ -20,6 +20,8 @@ import torch
 # Collapsed: nearly every pair of texts points the same way AND the matrix is essentially rank one.
 COLLAPSE_MEAN_COSINE = 0.98
 COLLAPSE_EFFECTIVE_RANK = 1.5
+# Training made held-out retrieval worse: the trained nDCG@10 is below this fraction of the untrained one.
+WORSE_FRACTION = 0.5
 
 
 def embedding_spread(emb: torch.Tensor) -> dict[str, float]:
@@ -46,3 +48,23 @@ def embedding_spread(emb: torch.Tensor) -> dict[str, float]:
 def is_collapsed(spread: dict[str, float]) -> bool:
     return bool(spread.get("non_finite")) or (spread.get("mean_cosine", 0.0) >= COLLAPSE_MEAN_COSINE
             and spread.get("effective_rank", float("inf")) < COLLAPSE_EFFECTIVE_RANK)
+
+
+def retrieval_got_worse(before: float | None, after: float | None) -> bool:
+    """The trained held-out nDCG@10 (``after``) fell below ``WORSE_FRACTION`` of the untrained one."""
+    return before is not None and after is not None and after < WORSE_FRACTION * before
+
+
+def unusable_reasons(metrics: dict) -> list[str]:
+    """Why a run's trained model is unusable, one phrase each (none: usable), from its ``metrics.json``:
+    the embeddings collapsed, or training made held-out retrieval worse."""
+    reasons = []
+    if metrics.get("collapsed"):
+        spread = metrics.get("embedding_spread") or {}
+        reasons.append(f"embeddings collapsed (mean pairwise cosine {spread.get('mean_cosine', float('nan')):.4f}, "
+                       f"effective rank {spread.get('effective_rank', float('nan')):.4f})")
+    before = (metrics.get("initial_val") or {}).get("val/ndcg@10")
+    after = (metrics.get("final_val") or {}).get("val/ndcg@10")
+    if retrieval_got_worse(before, after):
+        reasons.append(f"training made held-out retrieval worse (nDCG@10 {before:.4f} -> {after:.4f})")
+    return reasons
