@@ -22,7 +22,7 @@ def quiet_environment() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*litlogger")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "could not load AVX512/AVX2" is how it probes
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_tips)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_noise)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -32,8 +32,16 @@ def quiet_environment() -> None:
         pass
 
 
-def _drop_lightning_tips(record: logging.LogRecord) -> bool:
-    return "Tip:" not in str(record.msg)  # advertisements for other products, not about this run
+# Lightning's device inventory on every run ("GPU available: False, used: False", ...): the device in use is
+# the run's accelerator setting; a GPU left unused still gets Lightning's own "available but not used" warning.
+_DEVICE_INVENTORY = ("GPU available:", "TPU available:", "HPU available:")
+
+
+def _drop_lightning_noise(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    if record.levelno <= logging.INFO and message.startswith(_DEVICE_INVENTORY):
+        return False
+    return "Tip:" not in message  # advertisements for other products, not about this run
 
 
 def one_console_handler() -> None:
