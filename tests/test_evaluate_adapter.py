@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def encoder(micro_backbone):
     from reasoning_embed.models.encoder import build_encoder
 
-    enc = build_encoder({"path": str(micro_backbone), "name": "micro"}, max_query_length=32, max_passage_length=48)
+    enc = build_encoder({"path": str(micro_backbone), "name": "micro"}, max_query_length=96, max_passage_length=48)  # room for the instruction: a query cut inside it embeds as zero
     with torch.no_grad():  # off the init, so different prompts give visibly different embeddings
         g = torch.Generator().manual_seed(0)
         for p in enc.parameters():
@@ -279,13 +279,13 @@ def test_model_specs_run_dir_export_backbone_and_user_files(encoder, micro_backb
     export_encoder(encoder, run / "model")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text(
-        "encoder:\n  max_query_length: 32\n  max_passage_length: 48\n  pooling: mean\n"
+        "encoder:\n  max_query_length: 96\n  max_passage_length: 48\n  pooling: mean\n"
         "  query_template: \"Instruct: {instruction}\\nQuery: \"\n")
     assert describe_model_spec(run) == ("run", str(run / "model"))
     assert describe_model_spec(run / "model")[0] == "export"
     assert describe_model_spec(micro_backbone)[0] == "backbone"
     loaded = load_encoder(run, device="cpu")
-    assert loaded.tokenizer.max_query_length == 32 and loaded.tokenizer.max_passage_length == 48
+    assert loaded.tokenizer.max_query_length == 96 and loaded.tokenizer.max_passage_length == 48
     assert loaded.attention == "bidirectional" and loaded.pooling == "mean"
     texts = ["Return the absolute value.", "Parse a configuration file and return a dict of sections."]
     torch.testing.assert_close(loaded.encode(texts, "Find code"), encoder.encode(texts, "Find code"),

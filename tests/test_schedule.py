@@ -21,9 +21,10 @@ def _lrs(total, warmup, min_lr_ratio=0.0, peak=2.0):
 
 def test_warmup_convention():
     lr = _lrs(total=100, warmup=10)
-    assert lr[0] == 0.0                                # step 0: no update yet (transformers' convention)
-    assert lr[5] == pytest.approx(1.0)                 # linear: half the peak half-way through warm-up
-    assert lr[10] == pytest.approx(2.0)                # the end of warm-up: the peak
+    assert lr[0] == pytest.approx(0.2)                 # step 0 already updates: (0 + 1) / warmup of the peak
+    assert lr[4] == pytest.approx(1.0)                 # linear: half the peak half-way through warm-up
+    assert lr[9] == pytest.approx(2.0)                 # the last warm-up step runs at the peak
+    assert lr[10] == pytest.approx(2.0)                # the cosine starts at the peak
     assert lr[55] == pytest.approx(1.0)                # half-way through the decay: half the peak
     assert lr[100] == pytest.approx(0.0, abs=1e-12)    # the end: zero
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
