@@ -95,3 +95,18 @@ def train_cfg(micro_backbone, corpus_dir, tmp_path):
         return cfg
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """An entry point run in-process with ``hydra/job_logging=disabled`` applies ``disable_existing_loggers:
+    true`` and a root level of ERROR; without this, every later test that reads a log through ``caplog`` would
+    see nothing, depending only on test order."""
+    import logging
+
+    root_level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(root_level)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            logger.disabled = False

@@ -22,6 +22,7 @@ def quiet_environment() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*litlogger")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "could not load AVX512/AVX2" is how it probes
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # "Building index from tokens" at DEBUG on every baseline
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_lightning_noise)
     try:
         from transformers.utils import logging as hf_logging
