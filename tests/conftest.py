@@ -110,3 +110,29 @@ def _logging_left_as_found():
     for logger in list(logging.Logger.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger):
             logger.disabled = False
+
+
+def run_short_training(train_cfg, out, *extra, stop_at=None, ckpt_path=None, validate=False):
+    """Six steps of the micro training run into ``out`` (no export), optionally stopped after ``stop_at`` steps
+    with a checkpoint or resumed from ``ckpt_path``; the resume tests of several files share it. Returns the
+    metrics and the messages of every warning raised."""
+    import warnings
+
+    from omegaconf import open_dict
+
+    from reasoning_embed.train import train
+
+    cfg = train_cfg("trainer.max_steps=6", *extra)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.ckpt_path = ckpt_path
+        cfg.validate_before_training = validate
+        cfg.export = False
+        cfg.data.val_max_queries = 4
+        if stop_at:
+            cfg.extra_callbacks = {"stop": {"_target_": "reasoning_embed.training.callbacks.StopAtStep",
+                                            "step": stop_at, "ckpt_path": str(out / "checkpoints" / "last.ckpt")}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(cfg)
+    return metrics, [str(w.message) for w in caught]

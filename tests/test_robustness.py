@@ -14,14 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import ROOT, synthetic_rows, write_jsonl
+from conftest import ROOT, run_short_training, synthetic_rows, write_jsonl
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
        "PYTHONUNBUFFERED": "1"}
@@ -133,23 +132,8 @@ def test_signal_saves_a_resumable_checkpoint_and_records_an_interruption(micro_b
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def _run(train_cfg, out, *extra, stop_at=None, ckpt_path=None, validate=False):
-    from reasoning_embed.train import train
-
-    cfg = train_cfg("trainer.max_steps=6", "callbacks.hrsa.every_n_steps=1", *extra)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.ckpt_path = ckpt_path
-        cfg.validate_before_training = validate
-        cfg.export = False
-        cfg.data.val_max_queries = 4
-        if stop_at:
-            cfg.extra_callbacks = {"stop": {"_target_": "reasoning_embed.training.callbacks.StopAtStep",
-                                            "step": stop_at, "ckpt_path": str(out / "checkpoints" / "last.ckpt")}}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        metrics = train(cfg)
-    return metrics, [str(w.message) for w in caught]
+def _run(train_cfg, out, *extra, **kw):
+    return run_short_training(train_cfg, out, "callbacks.hrsa.every_n_steps=1", *extra, **kw)
 
 
 def _realignment(run_dir: Path) -> dict:

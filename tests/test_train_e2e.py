@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import torch
-from omegaconf import open_dict
 
-from conftest import ROOT
+from conftest import ROOT, run_short_training
 
 
 def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_path):
@@ -52,19 +51,7 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
 
 
 def _run(train_cfg, out, *extra, stop_at=None, ckpt_path=None):
-    from reasoning_embed.train import train
-
-    cfg = train_cfg("trainer.max_steps=6", *extra)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.ckpt_path = ckpt_path
-        cfg.validate_before_training = False
-        cfg.export = False
-        cfg.data.val_max_queries = 4
-        if stop_at:
-            cfg.extra_callbacks = {"stop": {"_target_": "reasoning_embed.training.callbacks.StopAtStep",
-                                            "step": stop_at, "ckpt_path": str(out / "checkpoints" / "last.ckpt")}}
-    return train(cfg)
+    return run_short_training(train_cfg, out, *extra, stop_at=stop_at, ckpt_path=ckpt_path)[0]
 
 
 def test_resume_from_last_ckpt_ends_with_the_same_loss(train_cfg, tmp_path):
