@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
+
+from reasoning_embed.utils.io import atomic_dir, atomic_write_json
 
 VARIANTS = ("base", "rlvr", "sft")
 DEFAULTS = {
@@ -195,29 +196,20 @@ def _write_triple(out: Path, tok, models: dict, results: dict, cfg: dict, triple
                   clock: _StageClock) -> dict:
     """Stage the three directories together and move them into place (a cached triple shares one base)."""
     t0 = clock.start()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".foundry-"))
     metas = {}
-    try:
+    with ExitStack() as stack:  # the three directories appear together at the end, or none of them on an error
+        staged = {v: stack.enter_context(atomic_dir(out / f"tiny_{v}")) for v in VARIANTS}
         for v in VARIANTS:
-            d = staging / f"tiny_{v}"
-            models[v].save_pretrained(d)
-            tok.save_pretrained(d)
+            models[v].save_pretrained(staged[v])
+            tok.save_pretrained(staged[v])
             metas[v] = _record(v, models[v], results[v], cfg, triple_id, clock.wall)
-            (d / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
-        for v in VARIANTS:
-            target = out / f"tiny_{v}"
-            if target.exists():
-                shutil.rmtree(target)
-            (staging / f"tiny_{v}").rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            atomic_write_json(staged[v] / "foundry.json", metas[v])
     clock.stop("save", t0)
     clock.total()
     for v in VARIANTS:  # record the final stage table (incl. save and total) in every foundry.json
         metas[v]["stage_seconds"] = dict(clock.wall)
         metas[v]["stage_cpu_seconds"] = dict(clock.cpu)
-        (out / f"tiny_{v}" / "foundry.json").write_text(json.dumps(metas[v], indent=2) + "\n")
+        atomic_write_json(out / f"tiny_{v}" / "foundry.json", metas[v])
     return metas
 
 

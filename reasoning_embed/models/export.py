@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from reasoning_embed.models.pooling import ST_POOLING_MODE, pooling_from_st
+from reasoning_embed.utils.io import atomic_dir
 
 # the recipe's query instruction for a task that has none of its own (evaluation's instruction table defaults to it)
 DEFAULT_INSTRUCTION = "Given a query, retrieve the most relevant passage from the given passage"
@@ -92,10 +93,9 @@ def export_encoder(encoder, out_dir: str | Path, instruction: str | None = None,
     if instruction is None:
         instruction = DEFAULT_INSTRUCTION
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
-        hf_dir = tmp / "hf"
+    # the backbone is staged in a scratch directory; sentence-transformers copies it into the export
+    with atomic_dir(out_dir) as st_dir, tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        hf_dir = Path(scratch) / "hf"
         backbone = merged_backbone(encoder.backbone)
         backbone.config.is_causal = encoder.attention == "causal"
         backbone.save_pretrained(hf_dir)
@@ -104,18 +104,12 @@ def export_encoder(encoder, out_dir: str | Path, instruction: str | None = None,
         prompts = {"query": encoder.tokenizer.prompt(instruction), "document": ""}
         st = SentenceTransformer(modules=_st_modules(encoder, hf_dir, settings, backbone.dtype), device="cpu",
                                  prompts=prompts)
-        st_dir = tmp / "st"
         st.save(str(st_dir))
         if settings["prompt_boundary"] == "offsets":
             _ship_st_modules(st_dir)
         record = {**settings, "empty_text": EMPTY_TEXT_RULE, "instruction": instruction, "prompts": prompts}
         (st_dir / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
         (st_dir / "README.md").write_text(model_card(record, card or {}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        st_dir.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
