@@ -103,6 +103,7 @@ class BlockPlan:
     flops: float                      # multiply-adds x 2 of the GEMMs
     reads: dict = field(default_factory=dict)     # passes over each source
     est_seconds: float | None = None
+    route: str = "feature"
 
     def describe(self) -> str:
         gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"  # noqa: E731
@@ -222,6 +223,7 @@ class BlockedCKA:
         self._biased, self._debiased = biased, debiased
         self.n, self.plan, self.seconds, self.timings = n, plan, seconds, timings or {}
         self.track_debiased = debiased is not None
+        self.jackknife = None                       # the Gram route's result carries the jackknife
 
     def compute(self, debiased: bool = False) -> torch.Tensor:
         if not debiased:
@@ -331,15 +333,22 @@ def _ratio(num, den2):
 @torch.no_grad()
 def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=None,
                        compute_dtype: torch.dtype = torch.float32, device=None, plan: BlockPlan | None = None,
-                       progress: bool = False, log=None, block_pairs: int | None = None) -> BlockedCKA:
+                       progress: bool = False, log=None, block_pairs: int | None = None, route: str = "auto",
+                       jackknife: bool = False, groups=None, max_blocks: int = 100, seed: int = 0,
+                       alpha: float = 0.05):
     """Biased (and debiased) linear CKA of all La x Lb layer pairs within ``memory_budget``.
 
     ``src_a``/``src_b``: :class:`RowSource` (e.g. a feature-cache reader) or ``L x n x d`` tensors.
     ``compute_dtype``: float32 (default, float64 accumulation) or float64. ``log``: a callable
     that receives the plan's description before the work starts (default: the module logger).
     ``block_pairs``: compute only the first N block pairs, the other entries stay NaN (benchmarks).
+    ``route``: ``auto`` takes the feature-space blocks or the Gram tiles (:mod:`.cka_gram`), whichever the plan
+    estimates faster; ``jackknife=True`` (Gram route) adds every pair's delete-a-block jackknife interval over
+    the texts ``groups`` (``result.jackknife``). ``plan`` may be a :class:`BlockPlan` or a ``GramPlan``.
     """
     import logging
+
+    from .cka_gram import choose_plan, cka_gram_blocked
 
     src_a = src_a if hasattr(src_a, "read") else TensorSource(src_a)
     src_b = src_b if hasattr(src_b, "read") else TensorSource(src_b)
@@ -351,8 +360,20 @@ def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=Non
     dev = torch.device(device) if device is not None else torch.device("cpu")
     cd = compute_dtype
     if plan is None:
-        plan = plan_blocks(src_a.n_layers, src_b.n_layers, src_a.dim, src_b.dim, n, memory_budget, cd,
-                           storage_bytes=getattr(src_a, "storage_bytes", 4), gflops=gemm_gflops(cd, dev))
+        B = 0
+        if jackknife:
+            from .intervals import jackknife_blocks
+
+            B = len(jackknife_blocks(groups, n, max_blocks, seed))
+        plan = choose_plan(src_a.n_layers, src_b.n_layers, src_a.dim, src_b.dim, n, memory_budget, cd,
+                           storage_bytes=getattr(src_a, "storage_bytes", 4), gflops=gemm_gflops(cd, dev),
+                           route=route, jackknife_blocks=B)
+    if getattr(plan, "route", "feature") == "gram":
+        return cka_gram_blocked(src_a, src_b, debiased=debiased, groups=groups, jackknife=jackknife,
+                                max_blocks=max_blocks, seed=seed, alpha=alpha, compute_dtype=cd, device=dev,
+                                plan=plan, progress=progress, log=log)
+    if jackknife:
+        raise ValueError("the jackknife of the CKA matrix runs on the Gram route: pass route='gram' or plan=None")
     (log or logging.getLogger("reasoning_embed.hrsa").info)(plan.describe())
     debiased = bool(debiased and n > 3)
     t0 = time.perf_counter()
