@@ -60,7 +60,8 @@ def _pairs(cfg) -> list[tuple[Path, Path, Path]]:
 @user_errors_exit
 def main(cfg: DictConfig):
     quiet_environment()
-    results = [realign_pair(a, b, out, cfg.k, cfg.n_perm, cfg.seed, bands=cfg.bands, alpha=cfg.alpha)
+    results = [realign_pair(a, b, out, cfg.k, cfg.n_perm, cfg.seed, bands=cfg.bands, alpha=cfg.alpha,
+                            cache_dir=cfg.get("cache_dir"))
                for a, b, out in _pairs(cfg)]
     _log_wandb(results, cfg)
     for res in results:

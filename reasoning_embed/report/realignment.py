@@ -4,7 +4,7 @@ Reads the per-step probe embeddings the HRSA callback saved (``<run>/hrsa/featur
 and, at every step both runs have, compares run A with run B: linear CKA (biased and debiased), k-NN
 Jaccard, Procrustes cosine on held-out probe rows (fit on half the texts, scored on the other half) and
 dimension-wise correlation, beside each run's similarity to its own step 0. CKA and k-NN carry 95% bands
-(delete-a-block jackknife over probe texts, :mod:`reasoning_embed.hrsa.intervals`: no bootstrap copies)
+(the HRSA intervals over probe texts, :mod:`reasoning_embed.hrsa.intervals`: no bootstrap copies)
 and their null-calibrated values (:mod:`reasoning_embed.hrsa.calibration`, probe texts re-paired).
 """
 
@@ -45,18 +45,26 @@ def _metrics(X, Y, k: int, seed: int) -> dict[str, float]:
 
 
 def _bands_and_calibration(X, Y, k: int, bands: bool, n_perm: int, alpha: float, seed: int) -> dict:
-    """Jackknife bands of CKA and k-NN, and their calibrated values (rows = probe texts)."""
+    """Bands of CKA and k-NN (the HRSA intervals, rows = probe texts), and their calibrated values.
+
+    ``cka_band``: the expected biased CKA at this probe size (contains the plotted estimate);
+    ``cka_debiased_band``: the population CKA; ``knn_band``: the expected k-NN Jaccard at this probe size
+    (none when the probe set is too small for quarters of it to search their own k neighbours)."""
     from reasoning_embed.hrsa.calibration import calibrate_null
     from reasoning_embed.hrsa.fast_stats import knn_permutation_test
-    from reasoning_embed.hrsa.intervals import cka_jackknife, knn_jackknife
+    from reasoning_embed.hrsa.intervals import cka_jackknife, knn_interval
     from reasoning_embed.hrsa.stats import cka_permutation_test
 
     out: dict = {}
     if bands:
-        cka = cka_jackknife(X, Y, alpha=alpha, max_blocks=50, seed=seed)["biased"]
-        knn = knn_jackknife(X, Y, k=k, alpha=alpha, max_blocks=min(50, max(3, X.shape[0] // 4)), seed=seed)
-        out["cka_band"], out["knn_band"] = [cka.low, cka.high], [knn.low, knn.high]
-        out["cka_band_centre"] = cka.centre
+        cka = cka_jackknife(X, Y, alpha=alpha, max_blocks=50, seed=seed)
+        out["cka_band"] = [cka["biased"].low, cka["biased"].high]
+        out["cka_debiased_band"] = [cka["debiased"].low, cka["debiased"].high]
+        try:
+            knn = knn_interval(X, Y, k=k, alpha=alpha, seed=seed)["jaccard"]
+            out["knn_band"] = [knn.low, knn.high]
+        except ValueError as e:
+            log.warning("no k-NN band: %s", e)
     if n_perm > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -79,9 +87,54 @@ def _load_pair(steps_a, steps_b, step):
     return A, B
 
 
+_CACHE_FORMAT = 1
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_step(cache_dir, files: list[Path], settings: dict, compute):
+    """(one step's row, whether it was reused): from the feature cache's ``realign/`` entries when the same step files (by content) were
+    compared with the same settings before; else computed and recorded (atomically)."""
+    import hashlib
+    import json
+
+    if cache_dir is None:
+        return compute(), False
+    fields = {"format": _CACHE_FORMAT, "files": [_file_digest(p) for p in files], "settings": settings}
+    key = hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=12).hexdigest()
+    path = Path(cache_dir) / "realign" / f"{key}.json"
+    if path.is_file():
+        try:
+            entry = json.loads(path.read_text())
+            if entry.get("key") == fields:
+                return entry["row"], True
+        except (json.JSONDecodeError, KeyError):
+            pass
+        log.warning("realignment cache entry %s does not match its key: recomputed", path)
+    from reasoning_embed.utils.io import atomic_write_json
+
+    row = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"key": fields, "row": row})
+    return row, False
+
+
 def realign_pair(run_a: Path, run_b: Path, out: Path, k: int = 10, n_perm: int = 100, seed: int = 0,
-                 plot: bool = True, bands: bool = True, alpha: float = 0.05) -> dict:
-    """The realignment series of two runs; writes ``realignment.json`` (and ``realignment.png``)."""
+                 plot: bool = True, bands: bool = True, alpha: float = 0.05, cache_dir=None) -> dict:
+    """The realignment series of two runs; writes ``realignment.json`` (and ``realignment.png``).
+
+    ``cache_dir`` (the HRSA feature cache's root): every step's comparison is recorded under ``realign/`` keyed
+    by the content of the four step files it reads (A, B and their first steps) and the settings, so a second run
+    (or the report after ``realign``) reuses it, and a changed file or setting never does.
+    """
     from reasoning_embed.errors import ReasoningEmbedError
     from reasoning_embed.hrsa import knn_jaccard, linear_cka
     from reasoning_embed.training.hrsa_callback import load_features
@@ -97,18 +150,31 @@ def realign_pair(run_a: Path, run_b: Path, out: Path, k: int = 10, n_perm: int =
     init_b = load_features(steps_b[min(steps_b)])["embeddings"]
     kk = min(k, init_a.shape[0] - 1)
     knn_fn = lambda X, Y: knn_jaccard(X, Y, k=(kk,)).jaccard[kk]  # noqa: E731
-    series = []
-    for step in common:
+    series, reused = [], 0
+
+    def compute(step):
         A, B = _load_pair(steps_a, steps_b, step)
         row = {"step": step, "a_vs_b": {**_metrics(A, B, kk, seed),
                                          **_bands_and_calibration(A, B, kk, bands, n_perm, alpha, seed)}}
         row["a_vs_init"] = {"cka": linear_cka(A, init_a), "knn": knn_fn(A, init_a)}
         row["b_vs_init"] = {"cka": linear_cka(B, init_b), "knn": knn_fn(B, init_b)}
+        return row
+
+    settings = {"k": kk, "n_perm": n_perm, "seed": seed, "bands": bool(bands), "alpha": alpha}
+    for step in common:
+        files = [steps_a[step], steps_b[step], steps_a[min(steps_a)], steps_b[min(steps_b)]]
+        row, hit = _cached_step(cache_dir, files, settings, lambda: compute(step))
+        reused += hit
         series.append(row)
+    if cache_dir is not None:
+        log.info("realignment %s vs %s: %d of %d steps reused from the cache %s", Path(run_a).name,
+                 Path(run_b).name, reused, len(common), Path(cache_dir) / "realign")
     result = {"run_a": str(run_a), "run_b": str(run_b), "k": kk, "n_perm": n_perm, "alpha": alpha,
-              "bands": "95% delete-a-block jackknife over probe texts (CKA: bias-corrected centre)" if bands else None,
+              "bands": ("95% intervals over probe texts (hrsa.intervals): cka_band the expected biased CKA at "
+                        "this probe size (jackknife), cka_debiased_band the population CKA, knn_band the expected "
+                        "k-NN Jaccard at this probe size (split-sample variance)") if bands else None,
               "calibrated": "max(0, (s - tau) / (1 - tau)), tau: permutation-null threshold at alpha (texts re-paired)",
-              "steps": common, "series": series}
+              "steps": common, "series": series, "steps_reused_from_cache": reused}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "realignment.json", result)
     if plot:
@@ -130,7 +196,7 @@ def _similarity_panel(ax, result: dict, key: str, title: str) -> None:
     if series and f"{key}_band" in series[0]["a_vs_b"]:
         ax.fill_between(steps, [r["a_vs_b"][f"{key}_band"][0] for r in series],
                         [r["a_vs_b"][f"{key}_band"][1] for r in series], alpha=0.25,
-                        label="A vs B 95% band (jackknife over texts)")
+                        label="A vs B 95% band (texts resampled without copies)")
     if series and f"{key}_calibrated" in series[0]["a_vs_b"]:
         ax.plot(steps, [r["a_vs_b"][f"{key}_calibrated"]["score"] for r in series], "d-.",
                 label="A vs B calibrated")
