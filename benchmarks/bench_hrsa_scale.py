@@ -55,10 +55,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from reasoning_embed.hrsa.cka_blocked import cka_matrix_blocked, plan_blocks  # noqa: E402
+from reasoning_embed.hrsa.cka_blocked import cka_matrix_blocked  # noqa: E402
+from reasoning_embed.hrsa.cka_gram import choose_plan  # noqa: E402
 from reasoning_embed.hrsa.feature_cache import CachedStates, _StatesFile  # noqa: E402
 
 LAYERS, DIM, LATENT, STORAGE = 29, 1536, 64, "bfloat16"
+T_START = time.perf_counter()
+PLAN_GFLOPS = 30.0              # the GEMM rate the plans assume (fixed, so that every budget's plan is reproducible)
 THREADS = 1
 AGREE = (12, 128, 2000)         # layers, width, tokens of the shape today's engine holds for the agreement check
 
@@ -89,33 +92,45 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def plain_gflops(chunk: int, d: int, reps: int = 6) -> float:
-    """float32 GEMMs of the engine's shape (chunk x d)^T (chunk x d), nothing else."""
-    x, y = torch.randn(chunk, d), torch.randn(chunk, d)
-    out = torch.empty(d, d)
-    torch.mm(x.T, y, out=out)
-    t = time.perf_counter()
+def plain_gflops(plan, d: int, reps: int = 6) -> float:
+    """float32 GEMMs of the engine's shape, nothing else: a Gram tile (t x d)(d x t), or a feature-space
+    chunk product (chunk x d)^T (chunk x d)."""
+    t = plan.row_chunk
+    x, y = torch.randn(t, d), torch.randn(t, d)
+    gram = getattr(plan, "route", "feature") == "gram"
+    out = torch.empty(t, t) if gram else torch.empty(d, d)
+    mm = (lambda: torch.mm(x, y.T, out=out)) if gram else (lambda: torch.mm(x.T, y, out=out))  # noqa: E731
+    mm()
+    t0 = time.perf_counter()
     for _ in range(reps):
-        torch.mm(x.T, y, out=out)
-    return 2.0 * chunk * d * d * reps / (time.perf_counter() - t) / 1e9
+        mm()
+    flops = 2.0 * t * d * (t if gram else d) * reps
+    return flops / (time.perf_counter() - t0) / 1e9
 
 
 def child_budget(args) -> dict:
     n, L, d = args.tokens, LAYERS, DIM
     src_a, src_b = open_source(args.folder, "a", n, L, d), open_source(args.folder, "b", n, L, d)
-    plan = plan_blocks(L, L, d, d, n, args.budget, torch.float32, storage_bytes=2)
+    plan = choose_plan(L, L, d, d, n, args.budget, torch.float32, storage_bytes=2, gflops=PLAN_GFLOPS,
+                       route=args.route)
     res = cka_matrix_blocked(src_a, src_b, plan=plan, log=lambda s: None, block_pairs=args.block_pairs or None)
     tm = res.timings
-    pairs = [(Ia, Jb) for Ia in plan.blocks_a for Jb in plan.blocks_b]
-    done = pairs[:tm["block_pairs_done"]]
-    flops_done = 2.0 * n * d * d * (2 * L + sum(len(Ia) * len(Jb) for Ia, Jb in done))
-    wall_done = tm["means_s"] + tm["self_s"] + tm["cross_s"]
-    per_pair = tm["cross_s"] / max(1, len(done))
-    wall_full = tm["means_s"] + tm["self_s"] + per_pair * len(pairs)
-    return {"plan": plan.describe(), "block_pairs": len(pairs), "block_pairs_done": len(done),
-            "wall_s": wall_done, "wall_full_s": wall_full, "timings": tm, "peak_rss_gb": peak_gb(),
-            "gflops": flops_done / wall_done / 1e9, "plain_gflops": plain_gflops(plan.row_chunk, d),
-            "state_gb": plan.state_bytes / 1e9}
+    wall_done = res.seconds
+    if getattr(plan, "route", "feature") == "gram":
+        flops_done, wall_full, n_pairs = plan.flops, wall_done, 1
+        done = n_pairs
+    else:
+        pairs = [(Ia, Jb) for Ia in plan.blocks_a for Jb in plan.blocks_b]
+        done = tm["block_pairs_done"]
+        flops_done = 2.0 * n * d * d * (2 * L + sum(len(Ia) * len(Jb) for Ia, Jb in pairs[:done]))
+        per_pair = tm["cross_s"] / max(1, done)
+        wall_full = tm["means_s"] + tm["self_s"] + per_pair * len(pairs)
+        n_pairs = len(pairs)
+    return {"plan": plan.describe(), "route": getattr(plan, "route", "feature"), "block_pairs": n_pairs,
+            "block_pairs_done": done, "wall_s": wall_done, "wall_full_s": wall_full,
+            "timings": {k: v for k, v in tm.items() if k.endswith("_s")}, "peak_rss_gb": peak_gb(),
+            "gflops": flops_done / wall_done / 1e9, "plain_gflops": plain_gflops(plan, d),
+            "state_gb": plan.state_bytes / 1e9, "est_s": plan.est_seconds}
 
 
 def child_agree(args) -> dict:
@@ -130,11 +145,13 @@ def child_agree(args) -> dict:
                    torch.stack([src_b.read(k, s, e).double() for k in range(L)]))
     ref = [acc.compute(False), acc.compute(True)]
     out = {}
-    for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
-        res = cka_matrix_blocked(src_a, src_b, memory_budget="2MB", compute_dtype=dtype, log=lambda s: None)
-        out[name] = max(float(((res.compute(deb) - r).abs() / r.abs()).max()) for deb, r in ((False, ref[0]),
-                                                                                          (True, ref[1])))
-        out["plan"] = res.plan.describe()
+    for route in ("gram", "feature"):
+        for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+            res = cka_matrix_blocked(src_a, src_b, memory_budget="2MB", compute_dtype=dtype, route=route,
+                                     log=lambda s: None)
+            out[f"{route}_{name}"] = max(float(((res.compute(deb) - r).abs() / r.abs()).max())
+                                         for deb, r in ((False, ref[0]), (True, ref[1])))
+            out[f"{route}_plan"] = res.plan.describe()
     return out
 
 
@@ -156,7 +173,8 @@ def main() -> None:
     p.add_argument("--budget", default="8GB")
     p.add_argument("--budgets", default="2,4,8", help="GB, comma separated")
     p.add_argument("--block-pairs", type=int, default=0, help="only the first K block pairs (0: all)")
-    p.add_argument("--quick", action="store_true", help="5,000 tokens")
+    p.add_argument("--quick", action="store_true", help="5,000 tokens; budgets with the same blocks run once")
+    p.add_argument("--route", default="auto", help="auto | gram | feature (the CKA route; auto: the cheaper)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the HRSA run's default on shared CPUs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,23 +197,34 @@ def main() -> None:
               f"({2 * LAYERS * n * DIM * 2 / 1e9:.2f} GB on disk)")
         agree = spawn("agree", small)
         print(f"agreement with today's engine (CKAAccumulator float64) on {AGREE[0]} x {AGREE[0]} layers, "
-              f"d={AGREE[1]}, {AGREE[2]} tokens, "
-              f"blocked: max rel diff {agree['float32']:.1e} (default float32 GEMMs), {agree['float64']:.1e} (float64)")
-        last = None
+              f"d={AGREE[1]}, {AGREE[2]} tokens, 2 MB budget: max rel diff Gram route {agree['gram_float32']:.1e} "
+              f"(default float32 GEMMs) / {agree['gram_float64']:.1e} (float64); feature route "
+              f"{agree['feature_float32']:.1e} / {agree['feature_float64']:.1e}")
+        last, seen = None, {}
         for gb in [float(v) for v in args.budgets.split(",")]:
-            r = spawn("budget", big, tokens=n, budget=f"{gb:g}GB", block_pairs=args.block_pairs)
+            same = choose_plan(LAYERS, LAYERS, DIM, DIM, n, f"{gb:g}GB", torch.float32, storage_bytes=2,
+                               gflops=PLAN_GFLOPS, route=args.route).describe().split("; memory")[0]
+            if args.quick and same in seen:
+                r = seen[same][1]
+                print(f"budget {gb:g} GB: the same blocks as at {seen[same][0]:g} GB (a larger budget changes "
+                      f"nothing here): figures carried over, not re-run")
+                last = (gb, r)
+                continue
+            r = spawn("budget", big, tokens=n, budget=f"{gb:g}GB", block_pairs=args.block_pairs, route=args.route)
+            seen[same] = (gb, r)
             est = r["block_pairs_done"] < r["block_pairs"]
+            tms = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in r["timings"].items())
             print(f"budget {gb:g} GB: {r['plan']}")
             print(f"    peak rss {r['peak_rss_gb']:.2f} GB (<= {gb + 1:g}: {r['peak_rss_gb'] <= gb + 1}), wall "
                   f"{r['wall_full_s']:.0f} s{' est. (' + str(r['block_pairs_done']) + ' of ' + str(r['block_pairs']) + ' block pairs run: ' + format(r['wall_s'], '.0f') + ' s)' if est else ''}"
-                  f" [means {r['timings']['means_s']:.1f} s, self {r['timings']['self_s']:.1f} s, cross "
-                  f"{r['timings']['cross_s']:.1f} s], {r['gflops']:.1f} GFLOP/s vs plain matmul "
+                  f" [{tms}], {r['gflops']:.1f} GFLOP/s vs plain matmul "
                   f"{r['plain_gflops']:.1f}: ratio {r['gflops'] / r['plain_gflops']:.2f}")
             last = (gb, r)
-        print(f"load average at end {os.getloadavg()[0]:.1f}")
+        print(f"load average at end {os.getloadavg()[0]:.1f}; whole run {time.perf_counter() - T_START:.0f} s")
     gb, r = last
+    D = agree[f"{last[1]['route']}_float32"]
     print(f"hrsa scale: tokens {n}, budget {gb:g} GB, peak rss {r['peak_rss_gb']:.2f} GB, flops ratio "
-          f"{r['gflops'] / r['plain_gflops']:.2f}, max rel diff {agree['float32']:.1e}")
+          f"{r['gflops'] / r['plain_gflops']:.2f}, max rel diff {D:.1e}")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,32 @@ def test_gram_route_float32_error_is_bounded_with_massive_activations():
     for deb in (False, True):
         assert rel(fast.compute(deb), exact[deb]) < 1e-6
     assert 0.05 < float(exact[0].min()) < 0.99
+
+
+@pytest.fixture(scope="module")
+def enc(micro_backbone):
+    from reasoning_embed.models.encoder import build_encoder
+
+    return build_encoder({"path": str(micro_backbone), "name": "micro"}, attention="causal")
+
+
+def test_extraction_jackknife_of_the_cka_matrix_reads_the_cache_and_equals_cka_jackknife(enc, corpus_dir, tmp_path):
+    """Every layer pair's interval on all rows, computed in blocks from the feature cache within a budget, equals
+    cka_jackknife on the same rows (the sample holds every row here), texts as the jackknife's units."""
+    from reasoning_embed.hrsa.features import extract_features
+    from reasoning_embed.hrsa.texts import load_texts
+
+    texts = load_texts("builtin", corpus_dir=corpus_dir, n_texts=12, seed=0).texts
+    ext = extract_features(enc, enc, texts, max_length=16, batch_size=5, progress=False, cache_dir=tmp_path,
+                           cka_compute_dtype=F64, cka_jackknife=True, memory_budget="60KB", max_sample=10 ** 6,
+                           dedupe_sample=False)
+    plan = ext.cka.plan
+    assert isinstance(plan, GramPlan) and len(plan.panels) * len(plan.blocks_a) > 2 and "Gram route" in ext.cache["plan"]
+    assert ext.counts["sample_rows"] == ext.counts["rows_streamed"]
+    jk = ext.cka.jackknife
+    for i, j in ((0, 0), (0, 2), (2, 1)):
+        ref = cka_jackknife(ext.sample_a[i].double(), ext.sample_b[j].double(), ext.sample_text, seed=0)
+        for name in ("biased", "debiased"):
+            for f in ("low", "high", "centre", "se"):
+                want = getattr(ref[name], f)
+                assert abs(float(jk[name][f][i, j]) - want) <= 1e-10 * abs(want), (i, j, name, f)

@@ -201,7 +201,12 @@ def _cka_section(c: _Ctx, arrays: dict) -> dict:
     biased = cka.compute(False)
     debiased = cka.compute(True) if cka.track_debiased and cka.n > 3 else None
     arrays["cka_biased"], arrays["cka_debiased"] = biased, debiased
+    jk = getattr(cka, "jackknife", None)
+    jackknife = None if jk is None else {
+        name: {"low": _mat(v["low"]), "high": _mat(v["high"]), "centre": _mat(v["centre"]), "se": _mat(v["se"]),
+               "n_blocks": v["n_blocks"], "alpha": v["alpha"], "method": v["method"]} for name, v in jk.items()}
     return {"biased": _mat(biased), "debiased": _mat(debiased) if debiased is not None else None,
+            "jackknife": jackknife, "plan": cka.plan.describe(),
             "n_rows": cka.n, "rows": "every kept row (streamed float64 sufficient statistics)",
             "diagonal_biased": [_nan_to_none(float(biased[i, j])) for i, j in c.pairs],
             "diagonal_debiased": ([_nan_to_none(float(debiased[i, j])) for i, j in c.pairs]
@@ -361,23 +366,29 @@ def _stats_generic(X, Y, g, n_perm: int, alpha: float, seed: int, test_fraction:
 
 
 def _stats_layer_search(c: _Ctx, srows, sgroups, stat_pairs, n_perm: int, alpha: float, seed: int) -> dict:
-    """Aggregation-aware calibration of the best (max) and mean CKA over every stats layer pair."""
-    from .calibration import cka_layers_calibrated
+    """Aggregation-aware calibration of the best (max) and mean CKA over every stats layer pair: the permutation
+    null of the whole La x Lb matrix, in layer blocks whose Gram matrices fit ``memory_budget``."""
+    from .calibration import _aggregate, calibrate_null
+    from .cka_blocked import IndexedSource
+    from .cka_gram import cka_null_blocked
 
     la = sorted({i for i, _ in stat_pairs})
     lb = sorted({j for _, j in stat_pairs})
-    n = int(srows.numel())
-    if (len(la) + len(lb)) * n * n * 8 > (1 << 31):
-        return {"skipped": f"{len(la)}+{len(lb)} layers of {n} x {n} Gram matrices exceed 2 GiB"}
-    Xs, Ys = [c.a(i, srows).double() for i in la], [c.b(j, srows).double() for j in lb]
+    src_a = IndexedSource(c.ext.sample_a, la, srows)
+    src_b = IndexedSource(c.ext.sample_b, lb, srows)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            S, null, plan = cka_null_blocked(src_a, src_b, sgroups, n_perm=n_perm, seed=seed,
+                                             memory_budget=getattr(c, "memory_budget", None), device=c.dev)
+    except ValueError as e:                            # even one layer pair's Grams exceed the budget
+        return {"skipped": str(e)}
     out = {"layers_a": [c.ext.layers_a[i] for i in la], "layers_b": [c.ext.layers_b[j] for j in lb],
+           "plan": plan.describe(),
            "note": "one text permutation applied to every layer of B; the aggregate of the La x Lb CKA matrix "
                    "is calibrated, so picking the best layer pair does not inflate the score"}
     for agg in ("max", "mean"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            cal, _ = cka_layers_calibrated(Xs, Ys, sgroups, agg=agg, n_perm=n_perm, alpha=alpha, seed=seed)
-        out[agg] = cal.as_dict()
+        out[agg] = calibrate_null(_aggregate(S, agg), [_aggregate(m, agg) for m in null], alpha).as_dict()
     return out
 
 
@@ -434,7 +445,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
             stats_layers: str = "last", stats_tokens_per_text: int = 8, stats_max_texts: int = 256,
             n_boot: int = 200, n_perm: int = 200, alpha: float = 0.05, probe: dict | None = None,
             massive_ratio: float = 100.0, seed: int = 0, progress: bool = False,
-            device=None) -> tuple[dict, dict]:
+            device=None, memory_budget=None) -> tuple[dict, dict]:
     """Compute every metric; returns ``(report, arrays)`` (arrays: tensors for the figures).
 
     ``device``: where the row-based metrics run (the sample stays on the CPU; one layer at a time is
@@ -448,6 +459,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     t0 = time.perf_counter()
     c = _Ctx(ext, device)
+    c.memory_budget = memory_budget              # the layer search's null runs in blocks that fit it
     probe = {"min_per_class": 10, "split": (0.8, 0.1, 0.1), "C": 1.0, "max_iter": 5000, **(probe or {})}
     report: dict = {"warnings": []}
     arrays: dict = {}

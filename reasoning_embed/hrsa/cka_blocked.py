@@ -39,7 +39,7 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["RowSource", "TensorSource", "BlockPlan", "BlockedCKA", "parse_budget", "plan_blocks",
+__all__ = ["RowSource", "TensorSource", "IndexedSource", "BlockPlan", "BlockedCKA", "parse_budget", "plan_blocks",
            "cka_matrix_blocked", "gemm_gflops"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
@@ -87,6 +87,19 @@ class TensorSource:
 
     def read(self, layer: int, start: int, stop: int) -> torch.Tensor:
         return self.layers[layer][start:stop]
+
+
+class IndexedSource:
+    """Rows ``rows`` of layers ``layers`` of a ``L x N x d`` tensor (e.g. the HRSA sample), read without copying
+    the selection whole."""
+
+    def __init__(self, x: torch.Tensor, layers, rows):
+        self.x, self.layers = x, list(layers)
+        self.rows = torch.as_tensor(rows, dtype=torch.long)
+        self.n_layers, self.n_rows, self.dim = len(self.layers), int(self.rows.numel()), x.shape[-1]
+
+    def read(self, layer: int, start: int, stop: int) -> torch.Tensor:
+        return self.x[self.layers[layer]].index_select(0, self.rows[start:stop].to(self.x.device))
 
 
 # ------------------------------------------------------------------------------------------ plan

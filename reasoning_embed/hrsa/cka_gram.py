@@ -46,7 +46,7 @@ __all__ = ["GramPlan", "GramCKA", "plan_gram", "choose_plan", "cka_gram_blocked"
            "NullPlan", "plan_null"]
 
 log = logging.getLogger("reasoning_embed.hrsa")
-_READ_BYTES_PER_S = 1.0e9          # source elements read, centred and cast (measured ~1-2 GB/s on one core)
+_READ_ELEMS_PER_S = 3.0e8          # source elements read, centred in float64 and cast (~3 ns each on one core)
 _F64_CHUNK = 1 << 22               # elements of float64 tile copies alive at once in the inner products
 
 
@@ -126,7 +126,7 @@ def plan_gram(La: int, Lb: int, da: int, db: int, n: int, budget=None, compute_d
                 state, flops, pa, pb = _gram_cost(La, Lb, da, db, n, ba, bb, T, cb, storage_bytes, B)
                 if budget_b is not None and state > budget_b and not (block_a and block_b and panels):
                     continue
-                secs = flops / rate + (pa * La * da + pb * Lb * db) * n * storage_bytes / _READ_BYTES_PER_S
+                secs = flops / rate + (pa * La * da + pb * Lb * db) * n / _READ_ELEMS_PER_S
                 if best is None or secs < best[0]:
                     best = (secs, ba, bb, T, state, flops, pa, pb)
     if best is None:
@@ -157,10 +157,8 @@ def choose_plan(La, Lb, da, db, n, budget=None, compute_dtype=torch.float32, sto
     except ValueError:
         return fplan
     rate = (gflops or 20.0) * 1e9
-    f_secs = fplan.flops / rate + sum(fplan.reads.values()) * max(La, Lb) * max(da, db) * n * storage_bytes \
-        / _READ_BYTES_PER_S
-    g_secs = gplan.flops / rate + (gplan.reads["a"] * La * da + gplan.reads["b"] * Lb * db) * n * storage_bytes \
-        / _READ_BYTES_PER_S
+    f_secs = fplan.flops / rate + (fplan.reads["a"] * La * da + fplan.reads["b"] * Lb * db) * n / _READ_ELEMS_PER_S
+    g_secs = gplan.flops / rate + (gplan.reads["a"] * La * da + gplan.reads["b"] * Lb * db) * n / _READ_ELEMS_PER_S
     return gplan if g_secs < f_secs else fplan
 
 
@@ -220,21 +218,43 @@ def _means(src, panels, dev, blk=None, B=0):
     return means, U
 
 
-class _Panel:
-    """One layer's rows of a panel: centred (float64) and sorted by jackknife block; the compute-dtype copy, the
-    squared norms of the values the GEMMs see, and (jackknife) P = x . u_b."""
+_CONVERT_ROWS = 512
+_BUFFERS: dict = {}
 
-    def __init__(self, src, layer, s, e, mean, order, cd, dev, U=None, norms=False):
-        x = _read64(src, layer, s, e, dev)
-        x -= mean[layer]
-        if order is not None:
-            x = x[order]
-        self.x = x.to(cd) if cd != torch.float64 else x
-        self.a = None
-        if norms:
-            v = self.x.to(torch.float64) if cd != torch.float64 else x
-            self.a = (v * v).sum(1)
-        self.P = x @ U[layer].T if U is not None else None
+
+def _buffer(d: int, dev) -> torch.Tensor:
+    """A reused float64 conversion buffer (fresh multi-MB allocations page-fault: 3-4x slower conversion)."""
+    key = (d, str(dev))
+    if key not in _BUFFERS:
+        _BUFFERS.clear()
+        _BUFFERS[key] = torch.empty(_CONVERT_ROWS, d, dtype=torch.float64, device=dev)
+    return _BUFFERS[key]
+
+
+class _Panel:
+    """One layer's rows of a panel, centred exactly in float64 and cast to the compute dtype, in the panel's row
+    order (``pos``: where each read row goes; rows sorted by jackknife block); with ``norms`` the squared norms of
+    the values the GEMMs see, with ``U`` (jackknife) ``P = x . u_b`` in float64."""
+
+    def __init__(self, src, layer, s, e, mean, pos, cd, dev, U=None, norms=False):
+        t, d = e - s, src.dim
+        self.x = torch.empty(t, d, dtype=cd, device=dev)
+        self.a = torch.empty(t, dtype=torch.float64, device=dev) if norms else None
+        self.P = torch.empty(t, U.shape[1], dtype=torch.float64, device=dev) if U is not None else None
+        buf = _buffer(d, dev)
+        for c0 in range(0, t, _CONVERT_ROWS):
+            c1 = min(t, c0 + _CONVERT_ROWS)
+            x64 = buf[:c1 - c0]
+            x64.copy_(src.read(layer, s + c0, s + c1))
+            x64 -= mean[layer]
+            xc = x64.to(cd) if cd != torch.float64 else x64
+            idx = pos[c0:c1] if pos is not None else slice(c0, c1)
+            self.x[idx] = xc
+            if norms:
+                v = xc.to(torch.float64) if cd != torch.float64 else x64
+                self.a[idx] = (v * v).sum(1)
+            if U is not None:
+                self.P[idx] = x64 @ U[layer].T
 
 
 def _dot(G1: torch.Tensor, G2: torch.Tensor, diag: bool) -> torch.Tensor:
@@ -444,7 +464,9 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
         usq, vsq = (Ua * Ua).sum(2), (Ub * Ub).sum(2)
         for s, e in plan.panels:
             o = torch.argsort(blk[s:e], stable=True)
-            orders[s], bounds[s] = o, _bounds(blk[s:e][o])
+            pos = torch.empty_like(o)
+            pos[o] = torch.arange(e - s, device=dev)
+            orders[s], bounds[s] = pos, _bounds(blk[s:e][o])
             kept[s] = blk[s:e][o][:, None] != torch.arange(B, device=dev)[None, :]
     bar = None
     T = len(plan.panels)

@@ -300,17 +300,26 @@ def _sample_index(slots, n_sample):
     return sample_text, sample_pos
 
 
+def _row_texts(texts_ok, kept_a, level):
+    """The text of every analysed row (token level), or None (pooled: each row is its own text)."""
+    if level != "token":
+        return None
+    return torch.from_numpy(np.repeat(np.asarray(texts_ok, dtype=np.int64), [len(kept_a[t]) for t in texts_ok]))
+
+
 def _plan(la, lb, d_a, d_b, texts_ok, kept_a, ids_a, level, cache_dtype, compute_dtype, memory_budget, device,
-          cache_dir):
+          cache_dir, route="auto", jackknife_blocks=0):
     """The CKA's blocks for the rows to come, logged before any work starts (with the extraction's size)."""
     import logging
 
-    from .cka_blocked import gemm_gflops, plan_blocks
+    from .cka_blocked import gemm_gflops
+    from .cka_gram import choose_plan
 
     n = sum(len(kept_a[t]) for t in texts_ok) if level == "token" else len(texts_ok)
     storage = STORAGE[cache_dtype][0].itemsize if level == "token" else 4
-    plan = plan_blocks(len(la), len(lb), d_a, d_b, n, memory_budget, compute_dtype, storage_bytes=storage,
-                       gflops=gemm_gflops(compute_dtype, device or "cpu"))
+    plan = choose_plan(len(la), len(lb), d_a, d_b, n, memory_budget, compute_dtype, storage_bytes=storage,
+                       gflops=gemm_gflops(compute_dtype, device or "cpu"), route=route,
+                       jackknife_blocks=jackknife_blocks)
     tokens = sum(len(ids_a[t]) for t in texts_ok)
     logging.getLogger("reasoning_embed.hrsa").info(
         "plan: hidden states of %d texts (%d tokens) per model into the feature cache %s (%s), then %s",
@@ -331,9 +340,12 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
                      dedupe_sample: bool = True, probe_layer: int = -1, seed: int = 0, cka_debiased: bool = True,
                      cka_compute_dtype: torch.dtype = torch.float64, progress: bool = True,
                      names: tuple[str, str] = ("model_a", "model_b"), cache_dir=None, cache_dtype: str = "float32",
-                     memory_budget=None, device=None) -> Extraction:
+                     memory_budget=None, device=None, cka_route: str = "auto", cka_jackknife: bool = False,
+                     alpha: float = 0.05) -> Extraction:
     """Run both encoders over ``texts`` (through the feature cache) and compute the streamed CKA; see the
-    module docstring. ``cache_dir=None``: a temporary cache, removed on return. Models are used as they are."""
+    module docstring. ``cache_dir=None``: a temporary cache, removed on return. Models are used as they are.
+    ``cka_route``: auto | feature | gram (:func:`~reasoning_embed.hrsa.cka_gram.choose_plan`); ``cka_jackknife``:
+    every layer pair's jackknife interval over the texts, on all rows (Gram route, ``ext.cka.jackknife``)."""
     import tempfile
     import time
 
@@ -358,15 +370,23 @@ def extract_features(enc_a, enc_b, texts, *, level: str = "token", pooling: str 
     la, lb = select_layers(na, layers), select_layers(nb, layers)
     pa, pb = select_layers(na, [probe_layer])[0], select_layers(nb, [probe_layer])[0]
     texts_ok = [int(t) for t in np.flatnonzero(text_ok)]
+    row_texts = _row_texts(texts_ok, kept_a, level)
+    n_blocks = 0
+    if cka_jackknife:
+        from .intervals import jackknife_blocks
+
+        n_rows = len(row_texts) if row_texts is not None else len(texts_ok)
+        n_blocks = len(jackknife_blocks(row_texts, n_rows, seed=seed))
     plan = _plan(la, lb, d_a, d_b, texts_ok, kept_a, ids_a, level, cache_dtype, cka_compute_dtype, memory_budget,
-                 device, cache_dir)
+                 device, cache_dir, cka_route, n_blocks)
     with tempfile.TemporaryDirectory(prefix="hrsa_features_") as tmp:
         root = cache_dir if cache_dir is not None else tmp
         st_a = _model_states(enc_a, ids_a, la, pa, root, batch_size, cache_dtype, progress, names[0])
         st_b = _model_states(enc_b, ids_b, lb, pb, root, batch_size, cache_dtype, progress, names[1])
         src_a, src_b = _analysis_sources(st_a, st_b, la, lb, kept_a, kept_b, texts_ok, level, pooling)
         cka = cka_matrix_blocked(src_a, src_b, debiased=cka_debiased, plan=plan, compute_dtype=cka_compute_dtype,
-                                 device=device, progress=progress, log=lambda msg: None)
+                                 device=device, progress=progress, log=lambda msg: None, jackknife=cka_jackknife,
+                                 groups=row_texts, seed=seed, alpha=alpha)
         sample_a = _read_sample(st_a, la, slots, n_sample, level, src_a, texts_ok)
         sample_b = _read_sample(st_b, lb, slots, n_sample, level, src_b, texts_ok)
         pooled_a = torch.full((len(texts), d_a), float("nan"))

@@ -124,7 +124,9 @@ def run_hrsa(cfg) -> dict:
         probe_layer=int(cfg.probe_layer), seed=int(cfg.seed), cka_debiased=bool(cfg.cka.debiased),
         cka_compute_dtype=compute_dtype, progress=bool(cfg.progress),
         names=(str(info_a["name"]), str(info_b["name"])), cache_dir=cfg.cache.get("dir"),
-        cache_dtype=str(cfg.cache.dtype), memory_budget=cfg.get("memory_budget"), device=device)
+        cache_dtype=str(cfg.cache.dtype), memory_budget=cfg.get("memory_budget"), device=device,
+        cka_route=str(cfg.cka.get("route", "auto")), cka_jackknife=bool(cfg.cka.get("jackknife", False)),
+        alpha=float(cfg.stats.alpha))
     del enc_a, enc_b
 
     report, arrays = analyze(
@@ -134,7 +136,7 @@ def run_hrsa(cfg) -> dict:
         stats_max_texts=int(cfg.stats.max_texts), n_boot=int(cfg.stats.n_boot), n_perm=int(cfg.stats.n_perm),
         alpha=float(cfg.stats.alpha), probe=OmegaConf.to_container(cfg.probe, resolve=True),
         massive_ratio=float(cfg.massive.ratio), seed=int(cfg.seed), progress=bool(cfg.progress),
-        device=device)
+        device=device, memory_budget=cfg.get("memory_budget"))
 
     warnings_ = report.pop("warnings")
     if texts.labels is None and cfg.get("label_field"):
