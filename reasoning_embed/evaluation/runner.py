@@ -80,7 +80,8 @@ def evaluate_model(model, benchmark, out_dir, allow_failures: bool = False, *, i
     """Evaluate ``model`` on ``benchmark``; write ``out_dir/results/*.json``, ``summary.json``, ``summary.md``.
 
     model:      an ``Encoder`` (e.g. ``module.encoder`` at the end of training), a run directory, a model
-                export directory, a Hugging Face model directory or hub id (read with ``read``).
+                export directory, a Hugging Face model directory or hub id (read with ``read``), or
+                ``"bm25"``: the lexical baseline (:mod:`.bm25`; retrieval and reranking tasks).
     benchmark:  a shipped name (``local``, ``bright``, ``mteb_multilingual_v2``, ``mteb_code_v1``, ...), a
                 config dict / DictConfig (``conf/benchmark/*.yaml`` keys), an mteb benchmark name, or a
                 list of mteb task names.
@@ -91,6 +92,7 @@ def evaluate_model(model, benchmark, out_dir, allow_failures: bool = False, *, i
     not ``allow_failures``; BenchmarkDataMissingError (before loading the model) if the data is not here.
     """
     from reasoning_embed.evaluation.adapter import MtebEncoderAdapter
+    from reasoning_embed.evaluation.bm25 import Bm25SearchAdapter, is_bm25
     from reasoning_embed.evaluation.benchmarks import build_tasks, check_data_available, resolve_benchmark_config
     from reasoning_embed.evaluation.instructions import load_instruction_table
     from reasoning_embed.evaluation.model_loading import load_encoder
@@ -105,19 +107,23 @@ def evaluate_model(model, benchmark, out_dir, allow_failures: bool = False, *, i
     table = load_instruction_table(instructions)
     table = table.with_tasks(local_instructions, overwrite=False).with_tasks(bench["instructions"] or {})
 
-    encoder = load_encoder(model, read, device)
     spec = model if isinstance(model, (str, Path)) else getattr(model, "name", type(model).__name__)
-    adapter = MtebEncoderAdapter(encoder, table, batch_size=batch_size, name=str(spec),
-                                 search_backend=search_backend, show_progress=show_progress)
+    if is_bm25(model):  # the lexical baseline: no encoder, mteb's search protocol only
+        encoder, adapter = None, Bm25SearchAdapter()
+    else:
+        encoder = load_encoder(model, read, device)
+        adapter = MtebEncoderAdapter(encoder, table, batch_size=batch_size, name=str(spec),
+                                     search_backend=search_backend, show_progress=show_progress)
     log.info("evaluating %s on %s: %d task(s), instructions %s", spec, bench["name"], len(tasks), table.name)
     start = time.perf_counter()
     done, failed = run_tasks(adapter, tasks, out_dir, batch_size, show_progress)
     import mteb
 
     summary = build_summary(done, failed, {
-        "model": str(spec), "model_kind": getattr(encoder, "spec_kind", "encoder"),
+        "model": str(spec), "model_kind": getattr(encoder or adapter, "spec_kind", "encoder"),
         "benchmark": bench["name"], "instruction_table": table.name,
-        "query_template": encoder.tokenizer.query_template, "mteb_version": mteb.__version__,
+        "query_template": encoder.tokenizer.query_template if encoder is not None else None,
+        "mteb_version": mteb.__version__,
         "seconds": round(time.perf_counter() - start, 3), "batch_size": batch_size,
         "calls": adapter.calls,
     })
