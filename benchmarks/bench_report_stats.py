@@ -1,13 +1,15 @@
 """Calibration figures of the report's statistics and of the HRSA intervals, on simulated data with a known truth.
 
-    python benchmarks/bench_report_stats.py            # ~1-3 min on one CPU core
+    python benchmarks/bench_report_stats.py            # ~10 min on one CPU core (200 datasets per setting)
     python benchmarks/bench_report_stats.py --quick    # fewer simulations
+    python benchmarks/bench_report_stats.py --only intervals --bootstrap   # + the bootstrap the intervals replaced
     python benchmarks/bench_report_stats.py --hrsa DIR_RLVR/hrsa.json DIR_SFT/hrsa.json   # + raw vs calibrated CKA
 
 Prints: type-I error of the seed-level sign-flip test over null studies; its power against the report's
 prediction with a planted difference; how often TOST declares equal backbones equivalent (and backbones one
-margin apart); coverage of the hierarchical bootstrap; coverage of the HRSA intervals (jackknife) against the
-text-level percentile bootstrap they replace; and, given hrsa.json files, the raw and calibrated CKA and k-NN.
+margin apart); coverage of the hierarchical bootstrap; coverage of the HRSA intervals (CKA jackknife, k-NN
+split-sample; optionally against the text-level percentile bootstrap they replace); and, given hrsa.json files,
+the raw and calibrated CKA and k-NN.
 """
 
 from __future__ import annotations
@@ -56,38 +58,47 @@ def _population_cka(A, noise):
     return float(np.sum(A ** 2) / np.sqrt(A.shape[0] * np.sum((A.T @ A + noise ** 2 * np.eye(A.shape[1])) ** 2)))
 
 
-def interval_coverage(sims: int) -> None:
+def interval_coverage(sims: int, bootstrap: bool) -> None:
     from reasoning_embed.hrsa import cka_bootstrap_ci, knn_bootstrap_ci
-    from reasoning_embed.hrsa.intervals import cka_jackknife, knn_jackknife
+    from reasoning_embed.hrsa.intervals import cka_jackknife, knn_interval
 
-    print(f"== HRSA interval coverage ({sims} simulated datasets per setting; nominal 0.95)")
-    print("setting             | CKA biased (E_n) | CKA debiased (pop.) | kNN@10 (E_n) | bootstrap: biased / debiased / kNN")
-    for n, d, noise in ((200, 5, 1.0), (400, 10, 2.0), (150, 30, 1.0)):
+    print(f"== HRSA interval coverage ({sims} simulated datasets per setting; nominal 0.95). Targets: population CKA;"
+          " E_n = the mean over the simulations (expected value at this n)")
+    print("setting               | CKA biased: pop. / E_n | CKA debiased (pop.) | kNN@10 Jaccard / mutual (E_n)"
+          + (" | bootstrap: biased (E_n) / debiased / kNN" if bootstrap else ""))
+    for n, d, noise in ((200, 5, 1.0), (400, 10, 2.0), (150, 30, 1.0), (400, 10, 0.3), (1000, 20, 1.0)):
         rng = np.random.default_rng(n + d)
         A = rng.normal(size=(d, d)) / np.sqrt(d)
         pop = _population_cka(A, noise)
-        jb, jd, jk, bb, bd, bk = [], [], [], [], [], []
+        rows = {key: [] for key in ("bp", "bn", "deb", "kj", "km", "bb", "bd", "bk")}
         for s in range(sims):
             X = rng.normal(size=(n, d))
             Xt, Yt = torch.tensor(X), torch.tensor(X @ A + noise * rng.normal(size=(n, d)))
             c = cka_jackknife(Xt, Yt, max_blocks=30, seed=s)
-            k = knn_jackknife(Xt, Yt, k=10, max_blocks=20, seed=s)
-            jb.append((c["biased"].estimate, c["biased"].low, c["biased"].high))
-            jd.append((c["debiased"].low, c["debiased"].high))
-            jk.append((k.estimate, k.low, k.high))
-            b = cka_bootstrap_ci(Xt, Yt, n_boot=200, seed=s)
-            bb.append((b["biased"].low, b["biased"].high))
-            bd.append((b["debiased"].low, b["debiased"].high))
-            kb = knn_bootstrap_ci(Xt, Yt, k=(10,), n_boot=100, seed=s)[10]
-            bk.append((kb.low, kb.high))
-        jb, jd, jk, bb, bd, bk = map(np.array, (jb, jd, jk, bb, bd, bk))
-        e_b, e_k = jb[:, 0].mean(), jk[:, 0].mean()
+            k = knn_interval(Xt, Yt, k=10, seed=s)
+            rows["bp"].append((c["biased"].population["low"], c["biased"].population["high"]))
+            rows["bn"].append((c["biased"].estimate, c["biased"].low, c["biased"].high))
+            rows["deb"].append((c["debiased"].low, c["debiased"].high))
+            rows["kj"].append((k["jaccard"].estimate, k["jaccard"].low, k["jaccard"].high))
+            rows["km"].append((k["mutual"].estimate, k["mutual"].low, k["mutual"].high))
+            if bootstrap:
+                b = cka_bootstrap_ci(Xt, Yt, n_boot=200, seed=s)
+                rows["bb"].append((b["biased"].low, b["biased"].high))
+                rows["bd"].append((b["debiased"].low, b["debiased"].high))
+                kb = knn_bootstrap_ci(Xt, Yt, k=(10,), n_boot=100, seed=s)[10]
+                rows["bk"].append((kb.low, kb.high))
+        r = {key: np.array(v) for key, v in rows.items()}
+        e_b, e_j, e_m = r["bn"][:, 0].mean(), r["kj"][:, 0].mean(), r["km"][:, 0].mean()
 
         def cov(iv, t):
             return np.mean((iv[:, 0] <= t) & (t <= iv[:, 1]))
 
-        print(f"n={n:4d} d={d:3d} noise={noise} | {cov(jb[:, 1:], e_b):.3f}            | {cov(jd, pop):.3f}"
-              f"               | {cov(jk[:, 1:], e_k):.3f}        | {cov(bb, e_b):.3f} / {cov(bd, pop):.3f} / {cov(bk, e_k):.3f}")
+        line = (f"n={n:4d} d={d:3d} noise={noise} | {cov(r['bp'], pop):.3f} / {cov(r['bn'][:, 1:], e_b):.3f}"
+                f"          | {cov(r['deb'], pop):.3f}               | {cov(r['kj'][:, 1:], e_j):.3f} / "
+                f"{cov(r['km'][:, 1:], e_m):.3f}")
+        if bootstrap:
+            line += f" | {cov(r['bb'], e_b):.3f} / {cov(r['bd'], pop):.3f} / {cov(r['bk'], e_j):.3f}"
+        print(line, flush=True)
 
 
 def calibrated_table(paths: list[str]) -> None:
@@ -110,11 +121,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--hrsa", nargs="*", default=[], help="hrsa.json files to print raw vs calibrated scores of")
+    ap.add_argument("--bootstrap", action="store_true", help="also the text-level percentile bootstrap intervals")
+    ap.add_argument("--only", choices=("report", "intervals"), help="one part only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    report_stats(100 if args.quick else 400)
-    interval_coverage(20 if args.quick else 60)
+    if args.only != "intervals":
+        report_stats(100 if args.quick else 400)
+    if args.only != "report":
+        interval_coverage(20 if args.quick else 200, args.bootstrap)
     if args.hrsa:
         calibrated_table(args.hrsa)
     print(f"({time.perf_counter() - t0:.0f} s)")

@@ -11,8 +11,9 @@ Which rows each metric sees (all recorded in the output):
 * nulls and intervals (CKA and k-NN, diagonal pairs of ``stats_layers``): the *stats sample*, the
   same ``stats_tokens_per_text`` random tokens from each of at most ``stats_max_texts`` sample texts
   (token level; all sample texts at the pooled level), so every text is exchangeable with every
-  other in the permutation null; intervals are a delete-a-block jackknife over texts (no resampled
-  copies), permutations re-pair texts, and every score carries its null-calibrated value
+  other in the permutation null; intervals (:mod:`.intervals`) never resample copies (CKA: delete-a-block
+  jackknife over texts; k-NN: split-sample variance over disjoint parts of the texts), permutations
+  re-pair texts, and every score carries its null-calibrated value
   (:mod:`.calibration`); with ``stats_layers=all`` the best and mean CKA over the layer pairs are
   calibrated with one permutation shared by all layers;
 * the probe: pooled features of every text at the last layer (``probe_layer``), stratified
@@ -319,15 +320,17 @@ def _stats_cka(X, Y, g, n_boot: int, n_perm: int, alpha: float, seed: int) -> di
 
 def _stats_knn(X, Y, g, ks, metric: str, n_boot: int, n_perm: int, alpha: float, seed: int) -> tuple[dict, dict]:
     from .calibration import knn_overlap_null
-    from .intervals import knn_jackknife
+    from .intervals import knn_interval
 
     jac, mut = {}, {}
     for k in ks:
         if n_boot > 0:
             try:
-                jac[str(k)] = knn_jackknife(X, Y, g, k=k, metric=metric, alpha=alpha, seed=seed).as_dict()
-            except ValueError as e:                     # too few rows left without a block
+                iv = knn_interval(X, Y, g, k=k, metric=metric, alpha=alpha, seed=seed)
+                jac[str(k)], mut[str(k)] = iv["jaccard"].as_dict(), iv["mutual"].as_dict()
+            except ValueError as e:                     # too few texts or rows for quarters of the sample
                 jac[str(k)] = {"interval_skipped": str(e)}
+                mut[str(k)] = {"interval_skipped": str(e)}
     if ks and n_perm > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -427,10 +430,12 @@ def _stats_section(c: _Ctx, knn_k, knn_metric, stats_layers, tokens_per_text, ma
            "tokens_per_text": tokens_per_text if ext.level == "token" else None,
            "rows": ("the same random tokens_per_text tokens of each of up to stats_max_texts sample texts (token "
                     "level) or the sample texts (pooled level); estimates here are on these rows"),
-           "intervals": ("delete-a-block jackknife over texts (n_boot > 0 switches it on; up to 100 blocks): no "
-                         "resampled copies, which inflate CKA and k-NN. low/high: 1 - alpha t interval around "
-                         "'centre' (debiased CKA: bias-corrected, targets the population CKA; biased CKA and k-NN: "
-                         "the estimate, targets the expected value at this n)"),
+           "intervals": ("no resampled copies, which inflate CKA and k-NN (n_boot > 0 switches them on). CKA: "
+                         "delete-a-block jackknife over texts (up to 100 blocks); debiased: bias-corrected centre, "
+                         "targets the population CKA; biased: centred on the estimate, targets the expected biased "
+                         "CKA at this n, and its 'population' interval is the debiased one's. k-NN Jaccard and "
+                         "mutual: split-sample variance (halves and quarters of the texts, rate estimated), "
+                         "centred on the estimate, targets the expected overlap at this n. 'target' says which"),
            "permutation": "texts of model B re-paired with texts of model A; p = (1 + #{null >= obs}) / (K + 1)",
            "calibrated": ("score = max(0, (s - tau) / (1 - tau)), tau = the ceil((1 - alpha)(K + 1))-th order "
                           "statistic of {observed} and the K null values: 0 = not above unrelated representations"),
@@ -450,7 +455,7 @@ def analyze(ext: Extraction, labels=None, *, knn_k=(5, 10, 50), knn_metric: str 
 
     ``device``: where the row-based metrics run (the sample stays on the CPU; one layer at a time is
     moved), e.g. ``cuda`` for exact k-NN on tens of thousands of rows. ``n_boot > 0`` switches the
-    (jackknife) intervals on; ``n_perm`` permutations give the p-values and the calibrated scores.
+    intervals on; ``n_perm`` permutations give the p-values and the calibrated scores.
     """
     for name, value, allowed in (("stats_layers", stats_layers, ("last", "all")),
                                  ("dimcorr_pairs", dimcorr_pairs, ("all", "diagonal")),

@@ -84,7 +84,7 @@ def write_figures(report: dict, arrays: dict, out_dir: str | Path) -> list[str]:
         ax.set_ylabel("k-NN Jaccard overlap")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"k-NN overlap, {names}\n(x: stats-sample estimate with its {1 - report.get('stats', {}).get('alpha', 0.05):.0%}"
-                     " jackknife interval)", fontsize=8)
+                     " interval)", fontsize=8)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         save_figure(fig, out / "knn_overlap.png")

@@ -87,7 +87,7 @@ def _load_pair(steps_a, steps_b, step):
     return A, B
 
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2                       # 2: k-NN band from hrsa.intervals.knn_interval, cka_debiased_band
 
 
 def _file_digest(path: Path) -> str:
