@@ -215,5 +215,7 @@ def test_realignment_bands_contain_the_estimate_on_independent_runs(tmp_path):
         ab = row["a_vs_b"]
         assert ab["knn_band"][0] <= ab["knn"] <= ab["knn_band"][1]
         assert ab["cka_band"][0] <= ab["cka"] <= ab["cka_band"][1]        # biased CKA: centred on the estimate
+        assert ab["cka_debiased_band"][0] <= 0.0 <= ab["cka_debiased_band"][1]   # population CKA of independent runs
+        assert ab["cka_band"][0] > 0.05                                     # while biased CKA is inflated by d/n
         assert ab["cka_calibrated"]["score"] < 0.2                          # independent: ~0 after calibration
     assert (tmp_path / "out" / "realignment.png").stat().st_size > 1000
