@@ -60,3 +60,18 @@ def test_realignment_figure_has_band_in_legend_integer_steps_and_one_y_scale(tmp
         assert any("95% band" in t.get_text() for t in ax.get_legend().get_texts())
         assert any("calibrated" in t.get_text() for t in ax.get_legend().get_texts())
     assert axes[2].get_ylim() == axes[3].get_ylim() == pytest.approx((-1.05, 1.05))
+
+
+def test_sweep_realignment_figure_shows_raw_band_and_calibrated(tmp_path, monkeypatch):
+    import reasoning_embed.utils.io as io
+    from reasoning_embed.report.realignment import plot_sweep_realignment
+
+    figs = []
+    monkeypatch.setattr(io, "save_figure", lambda fig, path, **kw: figs.append(fig))
+    row = {"cka": 0.5, "knn": 0.2, "cka_band": [0.4, 0.6], "knn_band": [0.1, 0.3],
+           "cka_calibrated": {"score": 0.2}, "knn_calibrated": {"score": 0.1}}
+    res = {"run_a": "a", "run_b": "b", "series": [{"step": s, "a_vs_b": row} for s in (0, 5)]}
+    plot_sweep_realignment([res], tmp_path / "s.png")
+    for ax in figs[0].axes:
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("95% band" in t for t in labels) and any("calibrated" in t for t in labels)

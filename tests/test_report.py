@@ -119,6 +119,10 @@ def test_report_hrsa_summary_of_the_backbones(micro_backbone, corpus_dir, tmp_pa
     assert "absent_base" in by_name["sft"]["note"]
     md = (root / "report" / "table.md").read_text()
     assert "HRSA at the last layer" in md and "| rl | base | 1.000" in md
+    # the interval printed is the one of the value beside it (stats sample, debiased: the population CKA)
+    lo, hi = rl["cka_debiased_ci"]
+    assert lo <= rl["cka_debiased_stats"] <= hi and rl["stats_rows"] > 0
+    assert f"{rl['cka_debiased_stats']:.3f} ({lo:.3f}, {hi:.3f}) [{rl['stats_rows']}]" in md
 
 
 def test_run_dirs_judges_only_path_parts_below_the_sweep(tmp_path):

@@ -81,7 +81,12 @@ def _stats_summary(rep: dict) -> dict:
         return out
     last = stats[-1]
     c = last.get("cka", {}).get("biased", {})
-    out["cka_ci"] = [c.get("low"), c.get("high")]
+    deb = last.get("cka", {}).get("debiased", {})
+    # the interval belongs to the stats sample's estimate, and targets the population CKA (debiased: biased CKA
+    # is inflated by d/n, and its own interval only covers its expected value at this sample size)
+    out["cka_debiased_stats"] = deb.get("estimate")
+    out["cka_debiased_ci"] = [deb.get("low"), deb.get("high")]
+    out["stats_rows"] = last.get("n_rows")
     out["cka_p"] = c.get("p_value")
     out["cka_calibrated"] = (c.get("calibrated") or {}).get("score")
     out["cka_tau"] = (c.get("calibrated") or {}).get("tau")
@@ -123,7 +128,9 @@ def render_hrsa_markdown(results: list[dict]) -> str:
     lines = ["", "## The backbones themselves: HRSA at the last layer (base vs reasoning / SFT, causal reading)", "",
              "Calibrated = max(0, (s - tau) / (1 - tau)), tau the 95% permutation-null threshold (texts re-paired): "
              "0 means indistinguishable from unrelated representations of the same width and sample.", "",
-             "| backbone | base | CKA (95% CI) | CKA calibrated (tau) | CKA p (perm.) | debiased CKA "
+             "CKA and k-NN are on every kept row; the debiased CKA's 95% interval (for the population CKA) and the "
+             "p-values are on the stats sample (rows in brackets).", "",
+             "| backbone | base | CKA | CKA calibrated (tau) | CKA p (perm.) | debiased CKA, stats sample (95% CI) "
              "| k-NN@10 Jaccard (chance) | k-NN@10 calibrated | Procrustes held-out cos "
              "| probe native / raw / aligned / B own / chance (n test) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -131,15 +138,16 @@ def render_hrsa_markdown(results: list[dict]) -> str:
         if "note" in r:
             lines.append(f"| {r['backbone']} | {r['base']} | {r['note']} | | | | | | | |")
             continue
-        ci = r.get("cka_ci") or [None, None]
+        ci = r.get("cka_debiased_ci") or [None, None]
         pr = r.get("probe") or {}
         probe = (pr["skipped"] if "skipped" in pr else
                  " / ".join(_fmt(pr.get(k), ".2f") for k in ("native", "raw_transfer", "aligned_transfer", "b_own",
                                                              "chance")) + f" ({pr.get('n_test', 'n/a')})"
                  + (f" ⚠ {pr['warning']}" if pr.get("warning") else ""))
-        lines.append(f"| {r['backbone']} | {r['base']} | {_fmt(r['cka'])} ({_fmt(ci[0])}, {_fmt(ci[1])}) "
+        lines.append(f"| {r['backbone']} | {r['base']} | {_fmt(r['cka'])} "
                      f"| {_fmt(r.get('cka_calibrated'))} ({_fmt(r.get('cka_tau'))}) "
-                     f"| {_fmt(r.get('cka_p'), '.3g')} | {_fmt(r.get('cka_debiased'))} "
+                     f"| {_fmt(r.get('cka_p'), '.3g')} | {_fmt(r.get('cka_debiased_stats'))} ({_fmt(ci[0])}, "
+                     f"{_fmt(ci[1])}) [{r.get('stats_rows', 'n/a')}] "
                      f"| {_fmt(r.get('knn10'))} ({_fmt(r.get('knn10_chance'))}) | {_fmt(r.get('knn10_calibrated'))} "
                      f"| {_fmt(r.get('procrustes_cosine_test'))} | {probe} |")
     lines.append("")

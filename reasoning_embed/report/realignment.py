@@ -265,7 +265,7 @@ def pair_sweep_runs(sweep_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def plot_sweep_realignment(results: list[dict], path: Path) -> None:
-    """One figure for a sweep: CKA and k-NN between paired runs (same step), with their bands."""
+    """One figure for a sweep: CKA and k-NN between paired runs (same step), raw with their bands, and calibrated."""
     import matplotlib
 
     from reasoning_embed.utils.io import save_figure
@@ -283,6 +283,9 @@ def plot_sweep_realignment(results: list[dict], path: Path) -> None:
                 ax.fill_between(steps, [r["a_vs_b"][f"{key}_band"][0] for r in res["series"]],
                                 [r["a_vs_b"][f"{key}_band"][1] for r in res["series"]], alpha=0.2,
                                 color=line.get_color(), label=f"{label}: 95% band")
+            if res["series"] and f"{key}_calibrated" in res["series"][0]["a_vs_b"]:
+                ax.plot(steps, [r["a_vs_b"][f"{key}_calibrated"]["score"] for r in res["series"]], "--",
+                        color=line.get_color(), label=f"{label}: calibrated")
     axes[0].set_title("CKA between paired runs (same step)")
     axes[1].set_title("k-NN Jaccard between paired runs (same step)")
     for ax in axes:
