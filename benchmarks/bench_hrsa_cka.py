@@ -48,6 +48,15 @@ jobs, 2026-11-30):
     streaming accumulator, fp64 GEMMs (opt-in exact)          wall 137.3 s   speedup 0.85x
     (the reference itself is 2.6e-06 from fp64; timings under such load vary by ~30% between runs)
 
+Since the blocked engine takes the Gram route where the plan estimates it cheaper (here at 4,000 rows: 13
+layers of 512 over 4,000 rows), ``bench_hrsa_cka.py --quick --threads 1`` (load average 4.4-4.8, 2026-11-30):
+
+    reference (in RAM, fp32, 3 GEMMs/pair)                    wall 17.8 s
+    HRSA run's engine, default (auto route, fp32 GEMMs / fp64) wall  7.3 s   speedup 2.42x   max |. - fp64| 2.5e-10
+    streaming accumulator, default fp32                       wall 10.3 s   speedup 1.73x   max |. - fp64| 2.1e-09
+    streaming accumulator, fp64 GEMMs (opt-in exact)          wall 16.7 s   speedup 1.06x
+    (the reference itself is 2.6e-06 from fp64)
+
 Earlier full run (the streaming accumulator, 20,000 rows):
 The 3x speedup target is NOT reached, and cannot be at equal GEMM efficiency: the reference does
 3 * 169 = 507 GEMMs of n x d x d, ours 169 + 26 = 195 (self terms once per layer), a 2.6x bound;

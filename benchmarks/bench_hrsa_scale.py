@@ -1,7 +1,9 @@
 """Benchmark: the L x L CKA at the paper's real size within a memory budget, reading the feature cache.
 
 Run:  .venv/bin/python benchmarks/bench_hrsa_scale.py                 (20,000 tokens; long on a 2-core CPU)
-      .venv/bin/python benchmarks/bench_hrsa_scale.py --quick         (5,000 tokens)
+      .venv/bin/python benchmarks/bench_hrsa_scale.py --quick         (5,000 tokens; budgets with the same blocks
+                                                                      run once)
+      .venv/bin/python benchmarks/bench_hrsa_scale.py --quick --jackknife   (also every pair's jackknife interval)
       .venv/bin/python benchmarks/bench_hrsa_scale.py --quick --block-pairs 1   (each budget computes its first
                                                                       block pair only; wall time extrapolated)
 
@@ -13,7 +15,7 @@ torch, statistics, buffers) is clean:
 
 * for budgets of 2, 4 and 8 GB: the plan, the wall time, the peak RSS (target: <= budget + 1 GB) and the
   FLOP/s of the block computation against plain float32 matmuls of the same shapes in the same process
-  (target: >= 0.5). With ``--block-pairs K`` only the first K block pairs of the cross pass run (the means
+  (target: >= 0.5). With ``--block-pairs K`` (feature route) only the first K block pairs of the cross pass run (the means
   and self passes run in full); the full wall time is then extrapolated from the time per block pair and
   marked "est.";
 * agreement with today's engine (CKAAccumulator, float64 GEMMs, all pairs at once) on a shape it can hold:
@@ -21,19 +23,25 @@ torch, statistics, buffers) is clean:
   a 2 MB budget, in its default float32-GEMM mode (max relative difference over the biased and the debiased
   matrices), and in float64 mode.
 
-Measured here (2-core VM shared with other jobs: load average 13-19 on the 2 CPUs throughout; 1 thread;
-2026-11-30; so each budget ran its first block pair only, wall times extrapolated):
+Measured here (2-core VM shared with other jobs: load average 5-8 on the 2 CPUs; 2026-11-30). Since the
+Gram route (kernel space, ``reasoning_embed.hrsa.cka_gram``) is taken where it is cheaper, the 5,000-token
+run does 2.5 TFLOP instead of 20, in 0.3 GB of state, so the three budgets give the same blocks and
+``--quick`` runs them once:
 
-    --quick --block-pairs 1 (5,000 tokens; the run was stopped by its own 30-minute timeout during the 8 GB budget)
-    budget 2 GB: 3 x 3 blocks of 10 x 10 layers, chunks of 512; peak rss 2.36 GB; wall 2438 s est.; FLOP ratio 0.61
-    budget 4 GB: 2 x 3 blocks of 15 x 10 layers, chunks of 5000; peak rss 3.98 GB; wall 3108 s est.; FLOP ratio 0.88
-    --tokens 1000 --budgets 8 --block-pairs 1
-    budget 8 GB: 1 x 3 blocks of 29 x 10 layers, chunks of 1000; peak rss 6.10 GB; wall 248 s est.; FLOP ratio 0.66
-    agreement (12 x 12 layers, d=128, 2,000 tokens, 2 MB budget): 7.2e-09 (float32 GEMMs), 5.6e-15 (float64)
-    last line: hrsa scale: tokens 1000, budget 8 GB, peak rss 6.10 GB, flops ratio 0.66, max rel diff 7.2e-09
+    --quick --threads 2 (5,000 tokens; whole script 242 s, of which 21 s writing the features)
+    budget 2 GB: Gram route, 1 x 1 layer blocks, 10 row panels of 500 (55 tiles), passes 6.5 + 6.5, state 0.28 GB
+                 peak rss 0.94 GB; wall 139 s (means 6.6 s, tiles 132.6 s); 17.8 GFLOP/s vs plain matmul 28.7: 0.62
+    budgets 4 and 8 GB: the same blocks (figures carried over)
+    agreement (12 x 12 layers, d=128, 2,000 tokens, 2 MB budget): Gram route 4.6e-09 (float32 GEMMs),
+                 7.6e-15 (float64); feature route 7.2e-09 / 5.6e-15
+    last line: hrsa scale: tokens 5000, budget 8 GB, peak rss 0.94 GB, flops ratio 0.62, max rel diff 4.6e-09
+    --quick --threads 1: wall 155 s, peak rss 0.91 GB, ratio 0.78 (15.9 vs 20.4 GFLOP/s); whole script 200 s
 
-(The plain-matmul rate itself moved between 8 and 26 GFLOP/s with the other jobs' load; the wall times
-are those of a 1-thread share of a saturated machine, not of a workstation.)
+The full 20,000-token run was not made: its plan is 37.8 TFLOP (20 panels of 1,000; 0.64 GB), about
+20-40 minutes at these rates. The feature route at the real size (``--route feature``), measured before
+the Gram route existed with ``--block-pairs 1`` (first block pair only, wall extrapolated; load 13-19,
+1 thread): 2 GB budget peak rss 2.36 GB, 2438 s est., ratio 0.61; 4 GB 3.98 GB, 3108 s est., 0.88;
+``--tokens 1000 --budgets 8``: 6.10 GB, 248 s est., 0.66.
 
 The last line reads ``hrsa scale: tokens N, budget B GB, peak rss P GB, flops ratio R, max rel diff D`` for
 the largest budget. ``--threads`` torch threads (default 1: on a shared, loaded 2-core CPU two threads
@@ -61,6 +69,7 @@ from reasoning_embed.hrsa.feature_cache import CachedStates, _StatesFile  # noqa
 
 LAYERS, DIM, LATENT, STORAGE = 29, 1536, 64, "bfloat16"
 T_START = time.perf_counter()
+TEXT_TOKENS = 50                # tokens per synthetic text (the jackknife's unit) with --jackknife
 PLAN_GFLOPS = 30.0              # the GEMM rate the plans assume (fixed, so that every budget's plan is reproducible)
 THREADS = 1
 AGREE = (12, 128, 2000)         # layers, width, tokens of the shape today's engine holds for the agreement check
@@ -111,9 +120,11 @@ def plain_gflops(plan, d: int, reps: int = 6) -> float:
 def child_budget(args) -> dict:
     n, L, d = args.tokens, LAYERS, DIM
     src_a, src_b = open_source(args.folder, "a", n, L, d), open_source(args.folder, "b", n, L, d)
+    groups = torch.arange(n) // TEXT_TOKENS if args.jackknife else None
     plan = choose_plan(L, L, d, d, n, args.budget, torch.float32, storage_bytes=2, gflops=PLAN_GFLOPS,
-                       route=args.route)
-    res = cka_matrix_blocked(src_a, src_b, plan=plan, log=lambda s: None, block_pairs=args.block_pairs or None)
+                       route=args.route, jackknife_blocks=100 if args.jackknife else 0)
+    res = cka_matrix_blocked(src_a, src_b, plan=plan, log=lambda s: None, block_pairs=args.block_pairs or None,
+                             jackknife=args.jackknife, groups=groups)
     tm = res.timings
     wall_done = res.seconds
     if getattr(plan, "route", "feature") == "gram":
@@ -158,7 +169,7 @@ def child_agree(args) -> dict:
 def spawn(mode: str, folder: str, **kw) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--folder", folder, "--threads", str(THREADS)]
     for k, v in kw.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
+        cmd += [f"--{k.replace('_', '-')}"] + ([str(v)] if v != "" else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"child {mode} failed:\n{proc.stderr[-3000:]}")
@@ -175,6 +186,8 @@ def main() -> None:
     p.add_argument("--block-pairs", type=int, default=0, help="only the first K block pairs (0: all)")
     p.add_argument("--quick", action="store_true", help="5,000 tokens; budgets with the same blocks run once")
     p.add_argument("--route", default="auto", help="auto | gram | feature (the CKA route; auto: the cheaper)")
+    p.add_argument("--jackknife", action="store_true", help="also every layer pair's jackknife interval (100 blocks "
+                                                            "of texts of 50 tokens; Gram route)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the HRSA run's default on shared CPUs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -203,14 +216,17 @@ def main() -> None:
         last, seen = None, {}
         for gb in [float(v) for v in args.budgets.split(",")]:
             same = choose_plan(LAYERS, LAYERS, DIM, DIM, n, f"{gb:g}GB", torch.float32, storage_bytes=2,
-                               gflops=PLAN_GFLOPS, route=args.route).describe().split("; memory")[0]
+                               gflops=PLAN_GFLOPS, route=args.route,
+                               jackknife_blocks=100 if args.jackknife else 0).describe().split("; memory")[0]
             if args.quick and same in seen:
                 r = seen[same][1]
                 print(f"budget {gb:g} GB: the same blocks as at {seen[same][0]:g} GB (a larger budget changes "
                       f"nothing here): figures carried over, not re-run")
                 last = (gb, r)
                 continue
-            r = spawn("budget", big, tokens=n, budget=f"{gb:g}GB", block_pairs=args.block_pairs, route=args.route)
+            extra = {"jackknife": ""} if args.jackknife else {}
+            r = spawn("budget", big, tokens=n, budget=f"{gb:g}GB", block_pairs=args.block_pairs, route=args.route,
+                      **extra)
             seen[same] = (gb, r)
             est = r["block_pairs_done"] < r["block_pairs"]
             tms = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in r["timings"].items())

@@ -617,7 +617,10 @@ def cka_null_blocked(src_a, src_b, groups=None, *, n_perm: int = 200, seed: int 
         raise ValueError(f"the unbiased HSIC estimator needs n > 3 rows; got n={n}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if plan is None:
-        plan = plan_null(La, Lb, src_a.dim, src_b.dim, n, n_perm, memory_budget)
+        from .cka_blocked import gemm_gflops
+
+        plan = plan_null(La, Lb, src_a.dim, src_b.dim, n, n_perm, memory_budget,
+                         gflops=gemm_gflops(torch.float64, dev))
     (log or logging.getLogger("reasoning_embed.hrsa").info)(plan.describe())
     panels = [(s, min(n, s + 4096)) for s in range(0, n, 4096)]
     ma, _ = _means(src_a, panels, dev)
