@@ -75,3 +75,14 @@ def test_sweep_realignment_figure_shows_raw_band_and_calibrated(tmp_path, monkey
     for ax in figs[0].axes:
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert any("95% band" in t for t in labels) and any("calibrated" in t for t in labels)
+
+
+def test_backbone_table_interval_is_the_debiased_population_interval_of_the_value_beside_it():
+    from reasoning_embed.report.backbone_hrsa import _stats_summary
+
+    last = {"n_rows": 512, "knn_jaccard": {},
+            "cka": {"biased": {"estimate": 0.45, "low": 0.43, "high": 0.47, "p_value": 0.01},
+                    "debiased": {"estimate": 0.02, "low": -0.03, "high": 0.06}}}
+    out = _stats_summary({"stats": {"per_layer": [last]}})
+    assert out["cka_debiased_stats"] == 0.02 and out["cka_debiased_ci"] == [-0.03, 0.06]
+    assert out["stats_rows"] == 512 and out["cka_p"] == 0.01
