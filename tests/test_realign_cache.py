@@ -8,10 +8,15 @@ import pytest
 import torch
 
 
-def _run(root, name, steps, rng, n=24, d=6):
+def _run(root, name, steps, rng, n=24, d=6, base=None):
+    from omegaconf import OmegaConf
+
     from reasoning_embed.training.hrsa_callback import save_features
 
     run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 1, "finetune": {"mode": "full"}, "data": {"train": "d"},
+                                     "backbone": {"name": name, "base": base or name}}), run / ".hydra" / "config.yaml")
     for s in steps:
         save_features(run / "hrsa" / "features" / f"step_{s}.safetensors",
                       {"embeddings": torch.tensor(rng.normal(size=(n, d)), dtype=torch.float32)}, s)
@@ -80,3 +85,16 @@ def test_realign_entry_point_uses_the_feature_cache(tmp_path, counted, monkeypat
     assert len(counted) == 2                                        # the second run computed nothing
     assert json.loads((tmp_path / "o2" / "realignment.json").read_text())["steps_reused_from_cache"] == 2
     assert len(list((tmp_path / "hrsa" / "feature_cache" / "realign").glob("*.json"))) == 2
+
+
+def test_the_reports_realignment_reuses_what_realign_recorded(tmp_path, counted):
+    from reasoning_embed.report.realignment import realign_pair, sweep_realignment
+
+    rng = np.random.default_rng(2)
+    a = _run(tmp_path / "sweep", "a", [0, 3, 6], rng)
+    b = _run(tmp_path / "sweep", "b", [0, 3, 6], rng, base="a")
+    cache = tmp_path / "cache"
+    first = realign_pair(a, b, tmp_path / "o", n_perm=50, plot=False, cache_dir=cache)   # the report's n_perm
+    assert len(counted) == 3
+    summary = sweep_realignment(tmp_path / "sweep", tmp_path / "report", cache_dir=cache)
+    assert len(counted) == 3 and summary[0]["last"] == first["series"][-1]

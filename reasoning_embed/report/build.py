@@ -38,7 +38,7 @@ def make_report(cfg) -> dict:
         from reasoning_embed.report.realignment import sweep_realignment
 
         out.mkdir(parents=True, exist_ok=True)
-        report["realignment"] = sweep_realignment(Path(cfg.sweep), out)
+        report["realignment"] = sweep_realignment(Path(cfg.sweep), out, cache_dir=cfg.get("realign_cache_dir"))
     if cfg.get("hrsa", True):
         report["backbone_hrsa"] = backbone_hrsa(dirs, out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
     hrsa_md = render_hrsa_markdown(report.get("backbone_hrsa") or [])

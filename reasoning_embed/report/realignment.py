@@ -297,9 +297,11 @@ def plot_sweep_realignment(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def sweep_realignment(sweep: Path, out: Path, n_perm: int = 50) -> list[dict]:
-    """The report's realignment section: every pair of the sweep, one combined figure, last-step summary."""
-    results = [realign_pair(a, b, out / "realignment" / f"{a.name}__vs__{b.name}", n_perm=n_perm, plot=False)
+def sweep_realignment(sweep: Path, out: Path, n_perm: int = 50, cache_dir=None) -> list[dict]:
+    """The report's realignment section: every pair of the sweep, one combined figure, last-step summary
+    (``cache_dir``: the feature cache, whose recorded step comparisons are reused)."""
+    results = [realign_pair(a, b, out / "realignment" / f"{a.name}__vs__{b.name}", n_perm=n_perm, plot=False,
+                            cache_dir=cache_dir)
                for a, b in pair_sweep_runs(sweep)]
     if results:
         plot_sweep_realignment(results, out / "realignment.png")
