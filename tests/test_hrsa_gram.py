@@ -32,11 +32,11 @@ def _groups(n, size=3):
 def test_gram_route_equals_todays_engine_for_every_blocking():
     Xs, Ys = fake_models(n=61)
     ref_b, ref_d = todays_engine(Xs, Ys)
-    for ba, bb, T in itertools.product((1, 2, 4), (1, 3), (1, 2, 5, 61)):
-        plan = plan_gram(4, 3, 6, 9, 61, None, F64, panels=T, block_a=ba, block_b=bb)
+    for ba, bb, T, held in itertools.product((1, 2, 4), (1, 3), (1, 2, 5, 61), (False, True)):
+        plan = plan_gram(4, 3, 6, 9, 61, None, F64, panels=T, block_a=ba, block_b=bb, resident=held)
         res = cka_matrix_blocked(Xs, Ys, compute_dtype=F64, plan=plan, **QUIET)
-        assert rel(res.compute(False), ref_b) < 1e-10, (ba, bb, T)
-        assert rel(res.compute(True), ref_d) < 1e-10, (ba, bb, T)
+        assert rel(res.compute(False), ref_b) < 1e-10, (ba, bb, T, held)
+        assert rel(res.compute(True), ref_d) < 1e-10, (ba, bb, T, held)
     assert float(ref_d.min()) < 0.9
 
 
@@ -44,15 +44,16 @@ def test_jackknife_of_every_layer_pair_equals_cka_jackknife_for_every_blocking()
     Xs, Ys = fake_models(n=45, La=3, Lb=2)
     g = _groups(45)
     ref = {(i, j): cka_jackknife(Xs[i], Ys[j], g, max_blocks=6, seed=2) for i in range(3) for j in range(2)}
-    for ba, bb, T in itertools.product((1, 3), (1, 2), (1, 2, 7, 45)):
-        plan = plan_gram(3, 2, 6, 9, 45, None, F64, panels=T, block_a=ba, block_b=bb, jackknife_blocks=6)
+    for ba, bb, T, held in itertools.product((1, 3), (1, 2), (1, 2, 7, 45), (False, True)):
+        plan = plan_gram(3, 2, 6, 9, 45, None, F64, panels=T, block_a=ba, block_b=bb, jackknife_blocks=6,
+                         resident=held)
         res = cka_matrix_blocked(Xs, Ys, compute_dtype=F64, plan=plan, jackknife=True, groups=g, max_blocks=6,
                                  seed=2, **QUIET)
         for (i, j), iv in ref.items():
             for name in ("biased", "debiased"):
                 for f in ("estimate", "low", "high", "centre", "se"):
                     got, want = float(res.jackknife[name][f][i, j]), getattr(iv[name], f)
-                    assert abs(got - want) <= 1e-10 * abs(want), (ba, bb, T, name, f)
+                    assert abs(got - want) <= 1e-10 * abs(want), (ba, bb, T, held, name, f)
     assert res.jackknife["debiased"]["n_blocks"] == 6
 
 
@@ -83,9 +84,10 @@ def test_permutation_null_of_every_layer_pair_equals_the_in_memory_nulls():
 
 def test_plans_fit_the_budget_and_the_gram_route_is_chosen_where_it_is_cheaper():
     La, d = 29, 1536
-    for gb in (2, 4, 8):
+    for gb in (1, 2, 4, 8):
         plan = plan_gram(La, La, d, d, 5000, f"{gb}GB", torch.float32, storage_bytes=2, gflops=30)
         assert plan.state_bytes <= gb * 1e9
+        assert plan.resident == (gb >= 2)              # every panel held once it fits: one read of the cache
         assert sorted(sum(plan.blocks_a, [])) == list(range(La))
         assert plan.panels[0][0] == 0 and plan.panels[-1][1] == 5000
         assert "passes over the features" in plan.describe() and "estimated" in plan.describe()

@@ -33,6 +33,7 @@ code is device-agnostic torch (sources are read on the CPU, moved to ``device``)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -71,6 +72,7 @@ class GramPlan:
     reads: dict = field(default_factory=dict)
     est_seconds: float | None = None
     jackknife_blocks: int = 0
+    resident: bool = False             # all panels of a block pair held (one read) rather than panel r only
     route: str = "gram"
 
     @property
@@ -83,36 +85,52 @@ class GramPlan:
         jk = f", jackknife over {self.jackknife_blocks} blocks" if self.jackknife_blocks else ""
         return (f"CKA plan (Gram route): {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers, {pairs} block pairs), {T} row panels of "
-                f"{self.row_chunk} ({T * (T + 1) // 2} tiles per block pair), {self.compute_dtype} GEMMs{jk}; passes "
+                f"{self.row_chunk} ({T * (T + 1) // 2} tiles per block pair{', all panels held' if self.resident else ''}), "
+                f"{self.compute_dtype} GEMMs{jk}; passes "
                 f"over the features: model A {self.reads['a']:.1f}, model B {self.reads['b']:.1f}; memory "
                 f"{_fmt(self.state_bytes)} of budget {_fmt(self.budget) if self.budget else 'unlimited'}; "
                 f"{self.flops / 1e12:.2f} TFLOP" + (f", estimated {self.est_seconds:.0f} s"
                                                     if self.est_seconds is not None else ""))
 
 
-def _gram_cost(La, Lb, da, db, n, ba, bb, T, cb, storage_bytes, B):
-    """(state bytes, flops, passes a, passes b) of one blocking."""
+def _gram_cost(La, Lb, da, db, n, ba, bb, T, cb, storage_bytes, B, resident=False):
+    """(state bytes, flops, passes a, passes b) of one blocking; ``resident``: every panel of the block pair is
+    read once and kept (one pass per block pair) instead of panel r only (``1 + (T - 1) / 2`` passes)."""
     t = math.ceil(n / T)
     nA, nB = math.ceil(La / ba), math.ceil(Lb / bb)
     pairs_sum = (n * n + T * t * t) / 2.0
+    held = n if resident else t
     state = ((ba + bb) * t * t * cb                        # Gram tiles
-             + (ba * da + bb * db) * t * cb                   # panel r of the block
+             + (ba * da + bb * db) * held * cb                # panel r of the block (all panels if resident)
+             + (ba + bb) * held * 8 * (1 + B)                 # their squared norms and x . u_b
              + t * max(da, db) * (storage_bytes + 8 + cb)     # one layer's panel being read
              + min(_F64_CHUNK, (ba + bb) * t * t) * 8         # float64 copies in the inner products
              + 8 * La * Lb * (1 + 6 * B) + 8 * (La * da + Lb * db) * B
              + (ba + bb) * t * (8 + 8 * 3 * B))               # row quantities of the diagonal tile
     flops = 2.0 * (nB * La * da + nA * Lb * db) * pairs_sum + 2.0 * La * Lb * pairs_sum * (3 if B else 1)
-    pa = 1 + nB * (1 + (T - 1) / 2) + (1 if B else 0)
-    pb = 1 + nA * (1 + (T - 1) / 2) + (1 if B else 0)
+    per = 1 if resident else 1 + (T - 1) / 2
+    pa = 1 + nB * per + (1 if B else 0)
+    pb = 1 + nA * per + (1 if B else 0)
     return int(state), flops, pa, pb
+
+
+def _seconds(flops, rate, read_width, n, T, ba, bb, La, Lb, B):
+    """Estimated time: GEMMs at ``rate`` times the efficiency of t-row tiles (~t / (t + 100), measured), the reads,
+    and a fixed cost per GEMM call and per tile (Python, copies; the jackknife's slices per block)."""
+    t = math.ceil(n / T)
+    tiles = T * (T + 1) // 2 * math.ceil(La / ba) * math.ceil(Lb / bb)
+    per_tile = (ba + bb) * 2e-5 + (3 * B + 1) * 5e-5
+    return flops / (rate * t / (t + 100.0)) + read_width * n / _READ_ELEMS_PER_S + tiles * per_tile
 
 
 def plan_gram(La: int, Lb: int, da: int, db: int, n: int, budget=None, compute_dtype=torch.float32,
               storage_bytes: int = 4, gflops: float | None = None, jackknife_blocks: int = 0,
-              panels: int | None = None, block_a: int | None = None, block_b: int | None = None) -> GramPlan:
+              panels: int | None = None, block_a: int | None = None, block_b: int | None = None,
+              resident: bool | None = None) -> GramPlan:
     """The Gram-route blocking (layer blocks, row panels) that fits ``budget`` with the least estimated time.
 
-    ``panels``/``block_a``/``block_b`` force a blocking (tests, benchmarks). Raises ValueError when nothing fits.
+    ``panels``/``block_a``/``block_b``/``resident`` force a blocking (tests, benchmarks). Raises ValueError when
+    nothing fits.
     """
     budget_b = parse_budget(budget)
     cb = _nbytes(compute_dtype)
@@ -122,21 +140,21 @@ def plan_gram(La: int, Lb: int, da: int, db: int, n: int, budget=None, compute_d
     best = None
     for ba in ([block_a] if block_a else range(La, 0, -1)):
         for bb in ([block_b] if block_b else range(Lb, 0, -1)):
-            for T in Ts:
-                state, flops, pa, pb = _gram_cost(La, Lb, da, db, n, ba, bb, T, cb, storage_bytes, B)
+            for T, res in itertools.product(Ts, [resident] if resident is not None else (True, False)):
+                state, flops, pa, pb = _gram_cost(La, Lb, da, db, n, ba, bb, T, cb, storage_bytes, B, res)
                 if budget_b is not None and state > budget_b and not (block_a and block_b and panels):
                     continue
-                secs = flops / rate + (pa * La * da + pb * Lb * db) * n / _READ_ELEMS_PER_S
+                secs = _seconds(flops, rate, pa * La * da + pb * Lb * db, n, T, ba, bb, La, Lb, B)
                 if best is None or secs < best[0]:
-                    best = (secs, ba, bb, T, state, flops, pa, pb)
+                    best = (secs, ba, bb, T, state, flops, pa, pb, res)
     if best is None:
         need = _gram_cost(La, Lb, da, db, n, 1, 1, Ts[-1], cb, storage_bytes, B)[0]
         raise ValueError(f"memory_budget {budget!r} is too small for the Gram route over {n} rows: at least "
                          f"{_fmt(need)} is needed")
-    secs, ba, bb, T, state, flops, pa, pb = best
+    secs, ba, bb, T, state, flops, pa, pb, res = best
     return GramPlan(blocks_a=_split(La, ba), blocks_b=_split(Lb, bb), panels=_panels(n, T), compute_dtype=compute_dtype,
                     budget=budget_b, state_bytes=state, flops=flops, reads={"a": pa, "b": pb},
-                    est_seconds=secs if gflops else None, jackknife_blocks=B)
+                    est_seconds=secs if gflops else None, jackknife_blocks=B, resident=res)
 
 
 def choose_plan(La, Lb, da, db, n, budget=None, compute_dtype=torch.float32, storage_bytes: int = 4,
@@ -480,7 +498,7 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
             sub = _sub(acc, Ia, Jb)
             _block_pair(src_a, src_b, Ia, Jb, jb == 0, ia == 0, plan.panels, ma, mb, Ua, Ub, orders, bounds, kept,
                         N, usq[Ia[0]:Ia[-1] + 1] if B else None, vsq[Jb[0]:Jb[-1] + 1] if B else None, cd, dev,
-                        debiased, sub, bar)
+                        debiased, sub, bar, plan.resident)
     if bar is not None:
         bar.close()
     timings["tiles_s"] = time.perf_counter() - t0 - timings["means_s"]
@@ -502,19 +520,23 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
 
 
 def _block_pair(src_a, src_b, Ia, Jb, self_a, self_b, panels, ma, mb, Ua, Ub, orders, bounds, kept, N, usq, vsq,
-                cd, dev, debiased, acc, bar):
+                cd, dev, debiased, acc, bar, resident=False):
     """Every tile of one layer-block pair. ``self_a``: this pass also adds model A's self terms (first B block)."""
     jk = bool(orders)
+
+    def read(src, layers, mean, U, s, e):
+        return [_Panel(src, i, s, e, mean, orders.get(s), cd, dev, U if jk else None, debiased) for i in layers]
+
+    held = [(read(src_a, Ia, ma, Ua, s, e), read(src_b, Jb, mb, Ub, s, e)) for s, e in panels] if resident else None
     for r, (rs, re_) in enumerate(panels):
-        o_r = orders.get(rs)
-        pa = [_Panel(src_a, i, rs, re_, ma, o_r, cd, dev, Ua if jk else None, debiased) for i in Ia]
-        pb = [_Panel(src_b, j, rs, re_, mb, o_r, cd, dev, Ub if jk else None, debiased) for j in Jb]
+        pa, pb = held[r] if resident else (read(src_a, Ia, ma, Ua, rs, re_), read(src_b, Jb, mb, Ub, rs, re_))
         _row_terms(pa, pb, jk, kept.get(rs), N, usq, vsq, acc, self_a, self_b, debiased)
         for s_, (ss, se) in enumerate(panels[r:]):
             off = s_ > 0
             o_s = orders.get(ss)
-            K = _tiles(src_a, Ia, pa, ss, se, ma, o_s, cd, dev, off)
-            Lt = _tiles(src_b, Jb, pb, ss, se, mb, o_s, cd, dev, off)
+            hs = held[r + s_] if resident else (None, None)
+            K = _tiles(src_a, Ia, pa, ss, se, ma, o_s, cd, dev, off, hs[0])
+            Lt = _tiles(src_b, Jb, pb, ss, se, mb, o_s, cd, dev, off, hs[1])
             rb, sb = (bounds[rs], bounds[ss]) if jk else (None, None)
             _tile_terms(K, Lt, False, off, rb, sb, acc, "x")
             if self_a:
@@ -524,16 +546,20 @@ def _block_pair(src_a, src_b, Ia, Jb, self_a, self_b, panels, ma, mb, Ua, Ub, or
             del K, Lt
             if bar is not None:
                 bar.update(1)
-        for p in pa + pb:
-            p.x = p.P = None
+        if not resident:
+            for p in pa + pb:
+                p.x = p.P = None
 
 
-def _tiles(src, layers, panel_r, ss, se, mean, order, cd, dev, off: bool) -> torch.Tensor:
-    """Gram tiles K_i[R, S] (len(layers) x |R| x |S|) in ``cd``; panel S read one layer at a time."""
+def _tiles(src, layers, panel_r, ss, se, mean, order, cd, dev, off: bool, panel_s=None) -> torch.Tensor:
+    """Gram tiles K_i[R, S] (len(layers) x |R| x |S|) in ``cd``; panel S held, or read one layer at a time."""
     out = torch.empty(len(layers), panel_r[0].x.shape[0], se - ss, dtype=cd, device=dev)
     for k, layer in enumerate(layers):
         xr = panel_r[k].x
-        xs = xr if not off else _Panel(src, layer, ss, se, mean, order, cd, dev).x
+        if not off:
+            xs = xr
+        else:
+            xs = panel_s[k].x if panel_s is not None else _Panel(src, layer, ss, se, mean, order, cd, dev).x
         torch.mm(xr, xs.T, out=out[k])
     return out
 
