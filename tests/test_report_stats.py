@@ -89,3 +89,15 @@ def test_hierarchical_bootstrap_with_ragged_task_counts_weights_seeds_equally():
     assert lo == 0.0 and hi == 10.0                    # padding never enters a replicate
     lo, hi = hierarchical_bootstrap_ci([[1.0, 3.0], [1.0, 3.0]], n_boot=4000, alpha=0.02, seed=0)
     assert 1.0 <= lo < 2.0 < hi <= 3.0
+
+
+def test_seeds_needed_for_a_difference_reach_the_promised_power():
+    """The table's 'seeds needed (diff)' for the observed spread: the smallest n whose predicted power is 0.8,
+    and simulated studies with that many seeds and a true delta of one margin detect it about that often."""
+    sd, margin = 1.0, 1.0
+    n = seeds_needed(sd, margin)["difference"]
+    assert power_difference(n, margin, sd) >= 0.8 > power_difference(n - 1, margin, sd)
+    rng = np.random.default_rng(4)
+    D = _studies(rng, 400, n, 10, delta=margin, seed_sd=sd, task_sd=0.1).mean(-1)
+    assert np.mean([sign_flip_p_value(d) < 0.05 for d in D]) >= 0.74
+    assert seeds_needed(0.1, 1.0)["difference"] == 6          # never fewer than the sign-flip test's minimum

@@ -142,7 +142,10 @@ def power_difference(n: int, delta: float, sd: float, alpha: float = 0.05) -> fl
         return 1.0 if delta != 0 else alpha
     df, nc = n - 1, delta * math.sqrt(n) / sd
     c = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(c, df, nc) + stats.nct.cdf(-c, df, nc))
+    p = float(stats.nct.sf(c, df, nc) + stats.nct.cdf(-c, df, nc))
+    if not math.isfinite(p):        # scipy's noncentral t gives nan far in the tail (nc ~ 25): power is ~1 there
+        p = float(stats.norm.sf(c - abs(nc)) + stats.norm.cdf(-c - abs(nc)))
+    return p
 
 
 def seeds_needed(sd: float, margin: float, alpha: float = 0.05, power: float = 0.8, n_max: int = 1000) -> dict:
