@@ -9,7 +9,9 @@ Representation level: :func:`dimension_wise_correlation`, :func:`orthogonal_proc
 (+ :func:`split_rows`), :func:`inverse_row_entropy`, :func:`random_rotation_entropy_baseline`.
 Geometry level: :func:`linear_cka`, :func:`cka_matrix`, :class:`CKAAccumulator`,
 :func:`cka_matrix_blocked` (all layer pairs within a memory budget), :func:`knn_jaccard`. Function level: :func:`linear_probe_transfer`, :func:`stratified_split`.
-Statistics: :func:`bootstrap_ci`, :func:`permutation_test`, :func:`cka_permutation_test`.
+Statistics: :func:`permutation_test`, :func:`cka_permutation_test`; intervals that cover for CKA and k-NN:
+:mod:`.intervals` (``cka_jackknife``, ``knn_interval``); :func:`bootstrap_ci` (and the bootstrap CIs below)
+duplicate rows, which inflates CKA and k-NN overlap: not for those.
 Massive activations: :func:`massive_activation_dims`, :func:`zscore_columns`, :func:`clamp_quantile`.
 Fast exact nulls: :func:`cka_bootstrap_ci`, :func:`knn_bootstrap_ci`, :func:`knn_permutation_test`.
 

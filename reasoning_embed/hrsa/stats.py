@@ -183,6 +183,9 @@ def bootstrap_ci(metric_fn: Callable[..., float], X, Y, groups=None, n_boot: int
                  seed: int = 0, pass_row_ids: bool = False) -> BootstrapResult:
     """Percentile bootstrap interval of ``metric_fn(X, Y)``, resampling whole groups (texts).
 
+    Not for CKA or k-NN overlap: the duplicated rows inflate both and the interval does not cover (measured
+    0-97%); use :mod:`.intervals` (``cka_jackknife``, ``knn_interval``), which never duplicate a row.
+
     Each bootstrap sample draws as many groups as there are, with replacement, and keeps all
     rows of each drawn group (in group order). ``pass_row_ids=True`` calls
     ``metric_fn(Xb, Yb, row_ids=ids)`` with the original row index of every resampled row, so
