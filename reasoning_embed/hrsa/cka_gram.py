@@ -221,11 +221,15 @@ def _means(src, panels, dev, blk=None, B=0):
     L, d, n = src.n_layers, src.dim, src.n_rows
     means = torch.zeros(L, d, dtype=torch.float64, device=dev)
     U = torch.zeros(L, B, d, dtype=torch.float64, device=dev) if B else None
+    buf = _buffer(d, dev)
     for layer in range(L):
         x0 = _read64(src, layer, 0, 1, dev)[0]
         tot = torch.zeros(d, dtype=torch.float64, device=dev)
-        for s, e in panels:
-            x = _read64(src, layer, s, e, dev) - x0
+        for s in range(0, n, _CONVERT_ROWS):
+            e = min(n, s + _CONVERT_ROWS)
+            x = buf[:e - s]
+            x.copy_(src.read(layer, s, e))
+            x -= x0
             tot += x.sum(0)
             if B:
                 U[layer].index_add_(0, blk[s:e], x)
@@ -238,6 +242,7 @@ def _means(src, panels, dev, blk=None, B=0):
 
 _CONVERT_ROWS = 512
 _BUFFERS: dict = {}
+_GEMM_S = [0.0]
 
 
 def _buffer(d: int, dev) -> torch.Tensor:
@@ -254,9 +259,9 @@ class _Panel:
     order (``pos``: where each read row goes; rows sorted by jackknife block); with ``norms`` the squared norms of
     the values the GEMMs see, with ``U`` (jackknife) ``P = x . u_b`` in float64."""
 
-    def __init__(self, src, layer, s, e, mean, pos, cd, dev, U=None, norms=False):
+    def __init__(self, src, layer, s, e, mean, pos, cd, dev, U=None, norms=False, out=None):
         t, d = e - s, src.dim
-        self.x = torch.empty(t, d, dtype=cd, device=dev)
+        self.x = torch.empty(t, d, dtype=cd, device=dev) if out is None else out
         self.a = torch.empty(t, dtype=torch.float64, device=dev) if norms else None
         self.P = torch.empty(t, U.shape[1], dtype=torch.float64, device=dev) if U is not None else None
         buf = _buffer(d, dev)
@@ -472,6 +477,7 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
     (log or logging.getLogger("reasoning_embed.hrsa").info)(plan.describe())
     t0 = time.perf_counter()
     timings: dict = {}
+    _GEMM_S[0] = 0.0
     ma, Ua = _means(src_a, plan.panels, dev, blk, B)
     mb, Ub = _means(src_b, plan.panels, dev, blk, B)
     timings["means_s"] = time.perf_counter() - t0
@@ -515,6 +521,7 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
         est_u = unb if unb is not None else torch.full_like(biased, float("nan"))
         jk = _jackknife_intervals(acc, Ua, Ub, nb, n, biased, est_u, alpha, debiased)
     timings["block_pairs_done"] = n_pairs
+    timings["gram_gemm_s"] = _GEMM_S[0]
     return GramCKA(biased.cpu(), unb.cpu() if unb is not None else None, n, plan, time.perf_counter() - t0,
                    timings, jk)
 
@@ -524,10 +531,15 @@ def _block_pair(src_a, src_b, Ia, Jb, self_a, self_b, panels, ma, mb, Ua, Ub, or
     """Every tile of one layer-block pair. ``self_a``: this pass also adds model A's self terms (first B block)."""
     jk = bool(orders)
 
-    def read(src, layers, mean, U, s, e):
-        return [_Panel(src, i, s, e, mean, orders.get(s), cd, dev, U if jk else None, debiased) for i in layers]
+    def read(src, layers, mean, U, s, e, into=None):
+        return [_Panel(src, i, s, e, mean, orders.get(s), cd, dev, U if jk else None, debiased,
+                       None if into is None else into[k, s:e]) for k, i in enumerate(layers)]
 
-    held = [(read(src_a, Ia, ma, Ua, s, e), read(src_b, Jb, mb, Ub, s, e)) for s, e in panels] if resident else None
+    held = None
+    if resident:                # one allocation per model: thousands of panel-sized ones fragment the heap
+        xa = torch.empty(len(Ia), src_a.n_rows, src_a.dim, dtype=cd, device=dev)
+        xb = torch.empty(len(Jb), src_b.n_rows, src_b.dim, dtype=cd, device=dev)
+        held = [(read(src_a, Ia, ma, Ua, s, e, xa), read(src_b, Jb, mb, Ub, s, e, xb)) for s, e in panels]
     for r, (rs, re_) in enumerate(panels):
         pa, pb = held[r] if resident else (read(src_a, Ia, ma, Ua, rs, re_), read(src_b, Jb, mb, Ub, rs, re_))
         _row_terms(pa, pb, jk, kept.get(rs), N, usq, vsq, acc, self_a, self_b, debiased)
@@ -560,7 +572,9 @@ def _tiles(src, layers, panel_r, ss, se, mean, order, cd, dev, off: bool, panel_
             xs = xr
         else:
             xs = panel_s[k].x if panel_s is not None else _Panel(src, layer, ss, se, mean, order, cd, dev).x
+        t0 = time.perf_counter()
         torch.mm(xr, xs.T, out=out[k])
+        _GEMM_S[0] += time.perf_counter() - t0          # CPU: the tile GEMMs alone (the benchmark's FLOP/s ratio)
     return out
 
 
