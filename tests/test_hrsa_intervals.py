@@ -158,6 +158,30 @@ def test_calibration_equals_the_reference_package_on_the_same_permutations(group
     assert 0 < ours.score < 1
 
 
+@pytest.mark.parametrize("measure", ["jaccard", "mutual"])
+def test_knn_calibration_equals_the_reference_package_on_the_same_permutations(measure):
+    """knn_overlap_null relabels one neighbour search per model instead of searching again per permutation."""
+    cs = pytest.importorskip("calibrated_similarity")
+    from reasoning_embed.hrsa.calibration import knn_overlap_null
+
+    rng = np.random.default_rng(6)
+    X = torch.tensor(rng.normal(size=(60, 6)))
+    Y = X @ torch.tensor(rng.normal(size=(6, 6))) + 1.5 * torch.tensor(rng.normal(size=(60, 6)))
+    groups = np.repeat(np.arange(30), 2)
+    obs, null = knn_overlap_null(X, Y, groups, ks=(5,), n_perm=49, seed=4)[5][measure]
+    ours = calibrate_null(obs, null, alpha=0.05)
+
+    def metric(A, B):
+        r = knn_jaccard(A, B, k=(5,))
+        return torch.tensor(r.jaccard[5] if measure == "jaccard" else r.mutual[5])
+
+    ref_score, ref_p, ref_tau = cs.calibrate(X, Y, metric, K=49, alpha=0.05,
+                                             perm_fn=_oracle_perm_fn(groups, 60, 49, 4))
+    assert (ours.score, ours.p_value, ours.tau) == pytest.approx((float(ref_score), float(ref_p), float(ref_tau)),
+                                                                 abs=1e-6)
+    assert 0 < ours.score < 1
+
+
 @pytest.mark.parametrize("agg", ["max", "mean"])
 def test_layer_search_calibration_equals_the_reference_package(agg):
     cs = pytest.importorskip("calibrated_similarity")
