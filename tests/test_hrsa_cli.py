@@ -97,6 +97,9 @@ def test_model_against_itself(hrsa_cfg, micro_backbone, corpus_dir, tmp_path):
     assert last["knn_jaccard"]["5"]["estimate"] == 1.0 and last["knn_jaccard"]["5"]["p_value"] == pytest.approx(1 / 21)
     assert last["cka"]["debiased"]["low"] <= 1.0 + 1e-9
     assert last["knn_mutual"]["5"]["low"] == last["knn_mutual"]["5"]["high"] == 1.0      # interval of mutual too
+    biased, deb = last["cka"]["biased"], last["cka"]["debiased"]
+    assert biased["target"] == "expected at this n" and deb["target"] == "population"
+    assert biased["population"]["low"] == deb["low"] and biased["population"]["high"] == deb["high"]
     # identical inputs: every calibrated score is 1 (observed = smax above the permutation threshold)
     assert last["cka"]["biased"]["calibrated"]["score"] == pytest.approx(1.0)
     assert last["knn_jaccard"]["5"]["calibrated"]["score"] == pytest.approx(1.0)
