@@ -24,22 +24,25 @@ torch, statistics, buffers) is clean:
   a 2 MB budget, in its default float32-GEMM mode (max relative difference over the biased and the debiased
   matrices), and in float64 mode.
 
-Measured here (2-core VM shared with other jobs: load average 5-8 on the 2 CPUs; 2026-11-30). Since the
-Gram route (kernel space, ``reasoning_embed.hrsa.cka_gram``) is taken where it is cheaper, the 5,000-token
-run does 2.5 TFLOP instead of 20, in 0.3 GB of state, so the three budgets give the same blocks and
-``--quick`` runs them once:
+Measured here (2-core VM shared with other jobs, 2026-11-30). Since the Gram route (kernel space,
+``reasoning_embed.hrsa.cka_gram``) is taken where it is cheaper, the 5,000-token run does 2.6 TFLOP instead
+of 20; from 2 GB on every panel is held (one read of the cache), so the three budgets give the same blocks
+and ``--quick`` runs them once:
 
-    --quick --threads 2 (5,000 tokens; whole script 242 s, of which 21 s writing the features)
-    budget 2 GB: Gram route, 1 x 1 layer blocks, 10 row panels of 500 (55 tiles), passes 6.5 + 6.5, state 0.28 GB
-                 peak rss 0.94 GB; wall 139 s (means 6.6 s, tiles 132.6 s); 17.8 GFLOP/s vs plain matmul 28.7: 0.62
+    --quick (1 thread; load average 3.2-4.6; whole script 86 s, of which 7 s writing the features)
+    budget 2 GB: Gram route, 1 x 1 layer blocks, 7 row panels of 715 (28 tiles, all panels held), passes 2 + 2,
+                 state 1.95 GB; peak rss 2.35 GB; wall 62 s (means 0.6 s, tiles 61.6 s);
+                 41.4 GFLOP/s vs the same tile GEMMs alone 51.2: ratio 0.81
     budgets 4 and 8 GB: the same blocks (figures carried over)
     agreement (12 x 12 layers, d=128, 2,000 tokens, 2 MB budget): Gram route 4.6e-09 (float32 GEMMs),
                  7.6e-15 (float64); feature route 7.2e-09 / 5.6e-15
-    last line: hrsa scale: tokens 5000, budget 8 GB, peak rss 0.94 GB, flops ratio 0.62, max rel diff 4.6e-09
-    --quick --threads 1: wall 155 s, peak rss 0.91 GB, ratio 0.78 (15.9 vs 20.4 GFLOP/s); whole script 200 s
+    last line: hrsa scale: tokens 5000, budget 8 GB, peak rss 2.35 GB, flops ratio 0.81, max rel diff 4.6e-09
 
-The full 20,000-token run was not made: its plan is 37.8 TFLOP (20 panels of 1,000; 0.64 GB), about
-20-40 minutes at these rates. The feature route at the real size (``--route feature``), measured before
+Before the panels were held (10 panels of 500 read 6.5 times, 0.28 GB state), under a load average of 5-8:
+``--quick`` 155 s, peak rss 0.91 GB, whole script 200 s; ``--quick --threads 2`` 139 s, 0.94 GB; ``--quick
+--jackknife`` (every pair's interval, 100 blocks) 132 s, 0.85 GB: the jackknife costs no measurable time.
+
+The full 20,000-token run: see docs/hrsa-scale.md. The feature route at the real size (``--route feature``), measured before
 the Gram route existed with ``--block-pairs 1`` (first block pair only, wall extrapolated; load 13-19,
 1 thread): 2 GB budget peak rss 2.36 GB, 2438 s est., ratio 0.61; 4 GB 3.98 GB, 3108 s est., 0.88;
 ``--tokens 1000 --budgets 8``: 6.10 GB, 248 s est., 0.66.
