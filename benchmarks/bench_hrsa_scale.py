@@ -135,7 +135,7 @@ def child_budget(args) -> dict:
     if getattr(plan, "route", "feature") == "gram":
         flops_done, wall_full, n_pairs = plan.flops, wall_done, 1
         done = n_pairs
-        T, t = len(plan.panels), plan.row_chunk             # the tile GEMMs alone, timed inside the same run
+        # the tile GEMMs alone, timed inside the same run
         gram_flops = 2.0 * 2 * L * d * sum((e - s) * (e2 - s2) for i, (s, e) in enumerate(plan.panels)
                                             for (s2, e2) in plan.panels[i:])
         plain = gram_flops / tm["gram_gemm_s"] / 1e9

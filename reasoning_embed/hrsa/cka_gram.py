@@ -8,8 +8,9 @@ two 29-layer models of width 1536 over 5,000 tokens. In kernel space the same st
 **Tiles.** Rows are cut into T panels; for every panel pair ``r <= s`` the tile ``K_i[R, S]`` of every layer of a
 layer block is formed in ``compute_dtype`` (float32 by default) from rows centred exactly in float64, and the
 tiles' inner products are summed in float64 (``<K, L> = sum_r <K_rr, L_rr> + 2 sum_{r<s} <K_rs, L_rs>``).
-Panel ``r`` of the block stays in memory while the panels ``s > r`` are read one layer at a time, so a block
-pair reads the source ``1 + (T - 1) / 2`` times. The budget holds the tiles, panel ``r`` and the sums.
+When the budget holds every panel of a layer-block pair, they are read once (one allocation per model);
+otherwise panel ``r`` stays in memory while the panels ``s > r`` are read one layer at a time, and a block pair
+reads the source ``1 + (T - 1) / 2`` times. The budget holds the tiles, the panels held and the sums.
 
 **Jackknife** (delete-a-block over texts, the blocks of :func:`~reasoning_embed.hrsa.intervals.jackknife_blocks`):
 with ``x`` centred on all rows, ``u_b`` / ``v_b`` the sums of block b's rows and ``N = n - n_b``, the cross
@@ -215,7 +216,7 @@ def _read64(src, layer, s, e, dev):
     return src.read(layer, s, e).to(device=dev, dtype=torch.float64, copy=True)
 
 
-def _means(src, panels, dev, blk=None, B=0):
+def _means(src, dev, blk=None, B=0):
     """Exact float64 means (and, for the jackknife, the centred block sums U: L x B x d), one pass. Sums are of
     rows shifted by the layer's first row, so large common offsets do not cancel digits."""
     L, d, n = src.n_layers, src.dim, src.n_rows
@@ -478,8 +479,8 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
     t0 = time.perf_counter()
     timings: dict = {}
     _GEMM_S[0] = 0.0
-    ma, Ua = _means(src_a, plan.panels, dev, blk, B)
-    mb, Ub = _means(src_b, plan.panels, dev, blk, B)
+    ma, Ua = _means(src_a, dev, blk, B)
+    mb, Ub = _means(src_b, dev, blk, B)
     timings["means_s"] = time.perf_counter() - t0
     acc = _accumulators(La, Lb, B, dev)
     orders, bounds, kept, N, usq, vsq = {}, {}, {}, None, None, None
@@ -662,9 +663,8 @@ def cka_null_blocked(src_a, src_b, groups=None, *, n_perm: int = 200, seed: int 
         plan = plan_null(La, Lb, src_a.dim, src_b.dim, n, n_perm, memory_budget,
                          gflops=gemm_gflops(torch.float64, dev))
     (log or logging.getLogger("reasoning_embed.hrsa").info)(plan.describe())
-    panels = [(s, min(n, s + 4096)) for s in range(0, n, 4096)]
-    ma, _ = _means(src_a, panels, dev)
-    mb, _ = _means(src_b, panels, dev)
+    ma, _ = _means(src_a, dev)
+    mb, _ = _means(src_b, dev)
     observed = torch.empty(La, Lb, dtype=torch.float64)
     null = torch.empty(n_perm, La, Lb, dtype=torch.float64)
     nf = torch.tensor(float(n), dtype=torch.float64, device=dev)
