@@ -19,6 +19,7 @@ from reasoning_embed.errors import BackboneNotAvailableError
 FOUNDRY_VARIANTS = ("base", "rlvr", "sft")
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
               "tokenizer", "vocab_size")
+RANDOM_INIT_KEYS = ("residual_init_scale",)  # random-init only (models.tiny.build_tiny_backbone)
 
 
 def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, log=print) -> Path:
@@ -30,6 +31,7 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
                                         f"(the stdlib corpus its tokenizer is trained on)")
     corpus = stdlib_corpus(corpus_dir)
     model = {k: tiny[k] for k in MODEL_KEYS if k in tiny}
+    init = {k: tiny[k] for k in RANDOM_INIT_KEYS if k in tiny}  # the random-init builder's only (not the foundry's)
     base = {"package": package_identity(), "corpus": corpus_identity(corpus)}
     target = Path(path)
     if bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS:
@@ -41,9 +43,11 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
 
     # distinct random inits for the variants of one seed
     seed = int(tiny.get("seed", 0)) + (FOUNDRY_VARIANTS.index(variant) if variant in FOUNDRY_VARIANTS else 0)
-    spec = {**base, "builder": "reasoning_embed.models.tiny", "variant": variant, "seed": seed, "model": model}
+    spec = {**base, "builder": "reasoning_embed.models.tiny", "variant": variant, "seed": seed, "model": model,
+            **({"init": init} if init else {})}  # no init key: the cache hash of existing builds is unchanged
     return build_once(target.parent, target.name, spec,
-                      lambda staging: build_tiny_backbone(staging, corpus, seed=seed, variant=variant, **model), log=log)
+                      lambda staging: build_tiny_backbone(staging, corpus, seed=seed, variant=variant, **model, **init),
+                      log=log)
 
 
 def foundry_triple(root: str | Path, corpus_dir: str | Path, cfg: dict | None = None, force: bool = False,

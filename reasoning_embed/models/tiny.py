@@ -76,8 +76,15 @@ def qwen_tokenizer():
 def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int = 0, hidden_size: int = 128,
                         num_hidden_layers: int = 4, num_attention_heads: int = 4, num_key_value_heads: int = 2,
                         intermediate_size: int = 512, tokenizer: str = "bpe", vocab_size: int = 4096,
-                        variant: str = "base", **_ignored) -> Path:
-    """Write a random-init tiny Qwen2 causal LM + tokenizer to ``out_dir`` (atomically: all or nothing)."""
+                        variant: str = "base", residual_init_scale: float = 1.0, **_ignored) -> Path:
+    """Write a random-init tiny Qwen2 causal LM + tokenizer to ``out_dir`` (atomically: all or nothing).
+
+    ``residual_init_scale`` multiplies the initial output projections of every block (attention ``o_proj``,
+    MLP ``down_proj``). At Qwen2's default init (std 0.02 everywhere) each block adds ~2.5x the norm of the
+    token embedding to the residual stream, so at step 0 the last hidden state has largely lost which token
+    it came from; scaled down (0.1), the untrained model is close to a bag of token embeddings (mean-pooled
+    token identity, the signal lexical retrieval lives on) and training adds context from there, as the
+    scaled residual inits of GPT-2 and its successors do for depth."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -91,11 +98,16 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    if residual_init_scale != 1.0:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    param.mul_(residual_init_scale)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "foundry.json").write_text(json.dumps({
             "variant": variant, "how": "random init (no training); see reasoning_embed.models.tiny",
-            "seed": seed, "tokenizer": tokenizer, "heldout_accuracy": None,
+            "seed": seed, "tokenizer": tokenizer, "residual_init_scale": residual_init_scale, "heldout_accuracy": None,
         }, indent=2))
     return out_dir

@@ -23,7 +23,7 @@ class ContrastiveModule(L.LightningModule):
     def __init__(self, encoder, optimizer, temperature: float = 0.02, warmup_ratio: float = 0.03,
                  max_grad_norm: float | None = 1.0, chunk_size: int | None = None, eval_batch_size: int = 64,
                  search_backend: str = "auto", chunk_tokens: int | None = None, pack_chunks: bool | str = "auto",
-                 peak_tflops: float | None = None):
+                 peak_tflops: float | None = None, embedding_lr_scale: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer"])
         self.automatic_optimization = False
@@ -43,8 +43,15 @@ class ContrastiveModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        params = [p for p in self.encoder.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
+        embedding = [p for n, p in named if "embed_tokens" in n]
+        scale = self.hparams.embedding_lr_scale
+        if scale == 1.0 or not embedding:
+            optimizer = self.optimizer_factory([p for _, p in named])
+        else:  # the token embeddings in their own group, at scale x the learning rate
+            rest = [p for n, p in named if "embed_tokens" not in n]
+            optimizer = self.optimizer_factory([{"params": rest}, {"params": embedding}])
+            optimizer.param_groups[1]["lr"] *= scale
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = cosine_with_warmup(optimizer, total, warmup_steps(total, self.hparams.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -16,6 +16,7 @@ PAPER_RECIPE: dict[str, object] = {
     "model.warmup_ratio": 0.03,
     "model.max_grad_norm": 1.0,
     "model.temperature": 0.02,
+    "model.embedding_lr_scale": 1.0,
     "trainer.max_epochs": 1,
     "trainer.max_steps": -1,
     "data.num_negatives": 3,
