@@ -31,6 +31,18 @@ def test_changed_seed_or_size_never_returns_the_old_cache(corpus_dir, tmp_path):
     assert json.loads((seven / "asset.json").read_text())["spec"]["seed"] == 7
 
 
+def test_residual_init_scale_scales_only_the_block_outputs_and_keys_its_own_cache(corpus_dir, tmp_path):
+    path = tmp_path / "backbones" / "tiny_random"
+    plain = tiny_backbone(path, TINY, corpus_dir)
+    scaled = tiny_backbone(path, {**TINY, "residual_init_scale": 0.1}, corpus_dir)
+    assert scaled != plain and "init" not in json.loads((plain / "asset.json").read_text())["spec"]
+    w, s = load_file(plain / "model.safetensors"), load_file(scaled / "model.safetensors")
+    for k in w:  # the same seed: every weight equal, the blocks' output projections at 0.1 x
+        factor = 0.1 if k.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+        assert (s[k] - factor * w[k]).abs().max() < 1e-7, k
+    assert any(k.endswith("o_proj.weight") for k in w) and any(k.endswith("down_proj.weight") for k in w)
+
+
 def test_a_moved_checkout_reuses_its_caches(corpus_dir, tmp_path):
     """Cache keys hold identities (package version, corpus manifest), never absolute paths."""
     root_a = tmp_path / "a"
