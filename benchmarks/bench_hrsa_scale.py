@@ -43,7 +43,8 @@ Before the panels were held (10 panels of 500 read 6.5 times, 0.28 GB state), un
 --jackknife`` (every pair's interval, 100 blocks) 132 s, 0.85 GB: the jackknife costs no measurable time.
 
 Full size, ``--tokens 20000 --budgets 2`` (1 thread, load 3-4.5): Gram route, 12 panels of 1,667 (78 tiles)
-read 7.5 times, state 1.31 GB, 39 TFLOP; peak rss 1.96 GB; wall 788 s (whole script 926 s); ratio 0.89. The feature route at the real size (``--route feature``), measured before
+read 7.5 times, state 1.31 GB, 39 TFLOP; peak rss 1.96 GB; wall 788 s (whole script 926 s); ratio 0.89.
+``--tokens 20000 --budgets 8``: every panel held (7.68 GB state); peak rss 7.90 GB; wall 716 s; ratio 0.73. The feature route at the real size (``--route feature``), measured before
 the Gram route existed with ``--block-pairs 1`` (first block pair only, wall extrapolated; load 13-19,
 1 thread): 2 GB budget peak rss 2.36 GB, 2438 s est., ratio 0.61; 4 GB 3.98 GB, 3108 s est., 0.88;
 ``--tokens 1000 --budgets 8``: 6.10 GB, 248 s est., 0.66.
