@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cka_blocked import TensorSource, _nbytes, _split, parse_budget
+from .blocks import TensorSource, _nbytes, _split, parse_budget
 
 __all__ = ["GramPlan", "GramCKA", "plan_gram", "choose_plan", "cka_gram_blocked", "cka_null_blocked",
            "NullPlan", "plan_null"]
@@ -162,7 +162,7 @@ def choose_plan(La, Lb, da, db, n, budget=None, compute_dtype=torch.float32, sto
                 gflops: float | None = None, route: str = "auto", jackknife_blocks: int = 0):
     """The feature-space :class:`BlockPlan` or the :class:`GramPlan`, whichever is estimated faster
     (``route="feature"|"gram"`` forces one). The jackknife needs the Gram route."""
-    from .cka_blocked import plan_blocks
+    from .blocks import plan_blocks
 
     if route not in ("auto", "feature", "gram"):
         raise ValueError(f"cka route must be auto, feature or gram, got {route!r}")
@@ -485,7 +485,7 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
         nb = torch.bincount(blk, minlength=B).to(dev)
         blk = blk.to(dev)
     if plan is None:
-        from .cka_blocked import gemm_gflops
+        from .blocks import gemm_gflops
 
         plan = plan_gram(La, Lb, src_a.dim, src_b.dim, n, memory_budget, cd,
                          storage_bytes=getattr(src_a, "storage_bytes", 4), gflops=gemm_gflops(cd, dev),
@@ -674,7 +674,7 @@ def cka_null_blocked(src_a, src_b, groups=None, *, n_perm: int = 200, seed: int 
         raise ValueError(f"the unbiased HSIC estimator needs n > 3 rows; got n={n}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if plan is None:
-        from .cka_blocked import gemm_gflops
+        from .blocks import gemm_gflops
 
         plan = plan_null(La, Lb, src_a.dim, src_b.dim, n, n_perm, memory_budget,
                          gflops=gemm_gflops(torch.float64, dev))
