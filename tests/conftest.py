@@ -60,6 +60,23 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def fake_hrsa_run(root: Path, name: str, steps, rng, n: int = 24, d: int = 6, base: str | None = None) -> Path:
+    """A run directory holding only what realignment reads: its Hydra config and the callback's pooled
+    probe embeddings (random, n x d) at each of ``steps``."""
+    from omegaconf import OmegaConf
+
+    from reasoning_embed.training.hrsa_callback import save_features
+
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 1, "finetune": {"mode": "full"}, "data": {"train": "d"},
+                                     "backbone": {"name": name, "base": base or name}}), run / ".hydra" / "config.yaml")
+    for s in steps:
+        save_features(run / "hrsa" / "features" / f"step_{s}.safetensors",
+                      {"embeddings": torch.tensor(rng.normal(size=(n, d)), dtype=torch.float32)}, s)
+    return run
+
+
 def synthetic_rows(n: int, prefix: str = "t", negs: int = 3) -> list[dict]:
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
     rows = []

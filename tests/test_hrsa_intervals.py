@@ -9,6 +9,7 @@ Calibration is checked against the reference package ``calibrated-similarity`` o
 import numpy as np
 import pytest
 import torch
+from conftest import fake_hrsa_run
 
 from reasoning_embed.hrsa import knn_jaccard, linear_cka
 from reasoning_embed.hrsa.calibration import calibrate_layers, calibrate_null, calibrated_permutation, cka_layers_calibrated
@@ -217,28 +218,13 @@ def test_callback_records_carry_calibrated_values():
     assert indep["cka"] > 0.3 and indep["cka_cal"] < 0.15 and indep["cka_tau"] > 0.3   # raw inflated by d/n
 
 
-def _fake_run(root, name, steps, rng, d=12, n=80, base=None):
-    from omegaconf import OmegaConf
-
-    from reasoning_embed.training.hrsa_callback import save_features
-
-    run = root / name
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": 1, "finetune": {"mode": "full"}, "data": {"train": "d"},
-                                     "backbone": {"name": name, "base": base or name}}), run / ".hydra" / "config.yaml")
-    for s in steps:
-        save_features(run / "hrsa" / "features" / f"step_{s}.safetensors",
-                      {"embeddings": torch.tensor(rng.normal(size=(n, d)), dtype=torch.float32)}, s)
-    return run
-
-
 def test_realignment_bands_contain_the_estimate_on_independent_runs(tmp_path):
     """The bootstrap band of k-NN overlap was 0.075-0.104 around an estimate of 0.031 on independent data."""
     from reasoning_embed.report.realignment import realign_pair
 
     rng = np.random.default_rng(4)
-    a = _fake_run(tmp_path, "a", [0, 10, 20], rng)
-    b = _fake_run(tmp_path, "b", [0, 10, 20], rng, base="a")
+    a = fake_hrsa_run(tmp_path, "a", [0, 10, 20], rng, n=80, d=12)
+    b = fake_hrsa_run(tmp_path, "b", [0, 10, 20], rng, base="a", n=80, d=12)
     res = realign_pair(a, b, tmp_path / "out", k=5, n_perm=20)
     for row in res["series"]:
         ab = row["a_vs_b"]

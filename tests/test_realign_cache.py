@@ -6,21 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-
-def _run(root, name, steps, rng, n=24, d=6, base=None):
-    from omegaconf import OmegaConf
-
-    from reasoning_embed.training.hrsa_callback import save_features
-
-    run = root / name
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": 1, "finetune": {"mode": "full"}, "data": {"train": "d"},
-                                     "backbone": {"name": name, "base": base or name}}), run / ".hydra" / "config.yaml")
-    for s in steps:
-        save_features(run / "hrsa" / "features" / f"step_{s}.safetensors",
-                      {"embeddings": torch.tensor(rng.normal(size=(n, d)), dtype=torch.float32)}, s)
-    return run
+from conftest import fake_hrsa_run
 
 
 @pytest.fixture
@@ -46,7 +32,7 @@ def test_realign_reuses_the_cache_and_a_changed_key_recomputes(tmp_path, counted
     from reasoning_embed.training.hrsa_callback import save_features
 
     rng = np.random.default_rng(0)
-    a, b = _run(tmp_path, "a", [0, 5, 10], rng), _run(tmp_path, "b", [0, 5, 10], rng)
+    a, b = fake_hrsa_run(tmp_path, "a", [0, 5, 10], rng), fake_hrsa_run(tmp_path, "b", [0, 5, 10], rng)
     cache = tmp_path / "cache"
     kw = {"k": 3, "n_perm": 5, "plot": False, "cache_dir": cache}
     first = realign_pair(a, b, tmp_path / "o1", **kw)
@@ -76,7 +62,7 @@ def test_realign_entry_point_uses_the_feature_cache(tmp_path, counted, monkeypat
     from reasoning_embed import realign
 
     rng = np.random.default_rng(1)
-    a, b = _run(tmp_path, "a", [0, 4], rng), _run(tmp_path, "b", [0, 4], rng)
+    a, b = fake_hrsa_run(tmp_path, "a", [0, 4], rng), fake_hrsa_run(tmp_path, "b", [0, 4], rng)
     for out in ("o1", "o2"):
         monkeypatch.setattr(sys, "argv", ["reasoning_embed.realign", f"runs=[{a},{b}]", f"out={tmp_path / out}",
                                           "n_perm=4", "k=3", "wandb=false", f"paths.outputs_dir={tmp_path}",
@@ -91,8 +77,8 @@ def test_the_reports_realignment_reuses_what_realign_recorded(tmp_path, counted)
     from reasoning_embed.report.realignment import realign_pair, sweep_realignment
 
     rng = np.random.default_rng(2)
-    a = _run(tmp_path / "sweep", "a", [0, 3, 6], rng)
-    b = _run(tmp_path / "sweep", "b", [0, 3, 6], rng, base="a")
+    a = fake_hrsa_run(tmp_path / "sweep", "a", [0, 3, 6], rng)
+    b = fake_hrsa_run(tmp_path / "sweep", "b", [0, 3, 6], rng, base="a")
     cache = tmp_path / "cache"
     first = realign_pair(a, b, tmp_path / "o", n_perm=50, plot=False, cache_dir=cache)   # the report's n_perm
     assert len(counted) == 3

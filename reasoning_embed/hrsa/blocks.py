@@ -13,7 +13,12 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["RowSource", "TensorSource", "IndexedSource", "BlockPlan", "parse_budget", "plan_blocks", "gemm_gflops"]
+__all__ = ["format_bytes", "RowSource", "TensorSource", "IndexedSource", "BlockPlan", "parse_budget", "plan_blocks", "gemm_gflops"]
+
+def format_bytes(b: float) -> str:
+    """A plan's memory figure: GB from 0.1 GB up, MB below."""
+    return f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
+
 
 _UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
           "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
@@ -92,13 +97,12 @@ class BlockPlan:
     route: str = "feature"
 
     def describe(self) -> str:
-        gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"  # noqa: E731
         pairs = len(self.blocks_a) * len(self.blocks_b)
         return (f"CKA plan: {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers, {pairs} block pairs), row chunks of "
                 f"{self.row_chunk}, {self.compute_dtype} GEMMs; passes over the features: model A "
-                f"{self.reads['a']}, model B {self.reads['b']}; memory {gb(self.state_bytes)}"
-                f" of budget {gb(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
+                f"{self.reads['a']}, model B {self.reads['b']}; memory {format_bytes(self.state_bytes)}"
+                f" of budget {format_bytes(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
                 + (f", estimated {self.est_seconds:.0f} s" if self.est_seconds is not None else ""))
 
 

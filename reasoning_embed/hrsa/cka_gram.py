@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .blocks import TensorSource, _nbytes, _split, parse_budget
+from .blocks import TensorSource, _nbytes, _split, format_bytes, parse_budget
 
 __all__ = ["GramPlan", "GramCKA", "plan_gram", "choose_plan", "cka_gram_blocked", "cka_null_blocked",
            "NullPlan", "plan_null"]
@@ -50,10 +50,6 @@ __all__ = ["GramPlan", "GramCKA", "plan_gram", "choose_plan", "cka_gram_blocked"
 log = logging.getLogger("reasoning_embed.hrsa")
 _READ_ELEMS_PER_S = 3.0e8          # source elements read, centred in float64 and cast (~3 ns each on one core)
 _F64_CHUNK = 1 << 22               # elements of float64 tile copies alive at once in the inner products
-
-
-def _fmt(b: float) -> str:
-    return f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
 
 
 def _panels(n: int, T: int) -> list[tuple[int, int]]:
@@ -89,7 +85,7 @@ class GramPlan:
                 f"{self.row_chunk} ({T * (T + 1) // 2} tiles per block pair{', all panels held' if self.resident else ''}), "
                 f"{self.compute_dtype} GEMMs{jk}; passes "
                 f"over the features: model A {self.reads['a']:.1f}, model B {self.reads['b']:.1f}; memory "
-                f"{_fmt(self.state_bytes)} of budget {_fmt(self.budget) if self.budget else 'unlimited'}; "
+                f"{format_bytes(self.state_bytes)} of budget {format_bytes(self.budget) if self.budget else 'unlimited'}; "
                 f"{self.flops / 1e12:.2f} TFLOP" + (f", estimated {self.est_seconds:.0f} s"
                                                     if self.est_seconds is not None else ""))
 
@@ -151,7 +147,7 @@ def plan_gram(La: int, Lb: int, da: int, db: int, n: int, budget=None, compute_d
     if best is None:
         need = _gram_cost(La, Lb, da, db, n, 1, 1, Ts[-1], cb, storage_bytes, B)[0]
         raise ValueError(f"memory_budget {budget!r} is too small for the Gram route over {n} rows: at least "
-                         f"{_fmt(need)} is needed")
+                         f"{format_bytes(need)} is needed")
     secs, ba, bb, T, state, flops, pa, pb, res = best
     return GramPlan(blocks_a=_split(La, ba), blocks_b=_split(Lb, bb), panels=_panels(n, T), compute_dtype=compute_dtype,
                     budget=budget_b, state_bytes=state, flops=flops, reads={"a": pa, "b": pb},
@@ -611,8 +607,8 @@ class NullPlan:
         return (f"permutation-null plan: {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers), full {self.n} x {self.n} Grams of a block "
                 f"pair held, {self.n_perm} permutations; passes over the features: model A 1, model B "
-                f"{len(self.blocks_a)}; memory {_fmt(self.state_bytes)} of budget "
-                f"{_fmt(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
+                f"{len(self.blocks_a)}; memory {format_bytes(self.state_bytes)} of budget "
+                f"{format_bytes(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
                 + (f", estimated {self.est_seconds:.0f} s" if self.est_seconds is not None else ""))
 
 
@@ -634,7 +630,7 @@ def plan_null(La, Lb, da, db, n, n_perm, budget=None, gflops: float | None = Non
                 best = (key, ba, bb, flops)
     if best is None:
         raise ValueError(f"memory_budget {budget!r} is too small for the permutation null over {n} rows: one layer "
-                         f"pair's {n} x {n} Grams need at least {_fmt(state(1, 1))}")
+                         f"pair's {n} x {n} Grams need at least {format_bytes(state(1, 1))}")
     _, ba, bb, flops = best
     return NullPlan(_split(La, ba), _split(Lb, bb), n, n_perm, budget_b, state(ba, bb), flops,
                     flops / (gflops * 1e9) if gflops else None)

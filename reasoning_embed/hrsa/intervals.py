@@ -79,16 +79,20 @@ class Interval:
         return out
 
 
+def _text_ids(groups, n: int) -> np.ndarray:
+    """Each row's text as 0..G-1 (``groups``: one id per row; None = each row its own text)."""
+    if groups is None:
+        return np.arange(n)
+    g = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must have one id per row ({n}), got shape {g.shape}")
+    return np.unique(g, return_inverse=True)[1]
+
+
 def jackknife_blocks(groups, n: int, max_blocks: int = 100, seed: int = 0) -> list[torch.Tensor]:
     """Row indices of each block: whole texts (``groups``: one id per row; None = each row its own text)
     assigned to ``min(#texts, max_blocks)`` blocks in a seeded random order."""
-    if groups is None:
-        ids = np.arange(n)
-    else:
-        g = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
-        if g.shape != (n,):
-            raise ValueError(f"groups must have one id per row ({n}), got shape {g.shape}")
-        _, ids = np.unique(g, return_inverse=True)
+    ids = _text_ids(groups, n)
     G = int(ids.max()) + 1 if n else 0
     if G < 3:
         raise ValueError(f"the jackknife needs at least 3 texts, got {G}")
@@ -230,13 +234,7 @@ def _first_k_same_part(lists: torch.Tensor, lab: torch.Tensor, k: int) -> torch.
 def _part_labels(groups, n: int, parts: int, n_splits: int, rng: np.random.Generator) -> torch.Tensor:
     """``n_splits`` random partitions of the rows into ``parts`` parts of (nearly) equal text count, whole texts
     together: an n_splits x n tensor of part ids."""
-    if groups is None:
-        ids = np.arange(n)
-    else:
-        g = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
-        if g.shape != (n,):
-            raise ValueError(f"groups must have one id per row ({n}), got shape {g.shape}")
-        _, ids = np.unique(g, return_inverse=True)
+    ids = _text_ids(groups, n)
     G = int(ids.max()) + 1
     return torch.from_numpy(np.stack([(rng.permutation(G) % parts)[ids] for _ in range(n_splits)]))
 
