@@ -166,3 +166,13 @@ def test_cli_subprocess_with_an_embedding_model_export(micro_backbone, corpus_di
     # same weights, different attention: the embedding layer agrees exactly, deeper layers do not
     cka = torch.tensor(rep["cka"]["biased"])
     assert cka[0, 0] == pytest.approx(1.0, abs=1e-8) and cka[-1, -1] < 1.0 - 1e-6
+
+
+def test_progress_covers_the_layer_search_null(hrsa_cfg, micro_backbone, corpus_dir, tmp_path, capfd):
+    """With progress on, the L x L permutation null of the layer search shows its own bar (it is the longest
+    step of a real-size run)."""
+    from reasoning_embed.hrsa.pipeline import run_hrsa
+
+    overrides = [o for o in small(micro_backbone, micro_backbone, corpus_dir) if o != "progress=false"]
+    run_hrsa(hrsa_cfg(*overrides, "progress=true", "stats.n_boot=0", "stats.n_perm=5", out=tmp_path / "p"))
+    assert "hrsa CKA null" in capfd.readouterr().err

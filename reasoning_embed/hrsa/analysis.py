@@ -368,7 +368,8 @@ def _stats_generic(X, Y, g, n_perm: int, alpha: float, seed: int, test_fraction:
     return out
 
 
-def _stats_layer_search(c: _Ctx, srows, sgroups, stat_pairs, n_perm: int, alpha: float, seed: int) -> dict:
+def _stats_layer_search(c: _Ctx, srows, sgroups, stat_pairs, n_perm: int, alpha: float, seed: int,
+                        progress: bool = False) -> dict:
     """Aggregation-aware calibration of the best (max) and mean CKA over every stats layer pair: the permutation
     null of the whole La x Lb matrix, in layer blocks whose Gram matrices fit ``memory_budget``."""
     from .calibration import _aggregate, calibrate_null
@@ -383,7 +384,8 @@ def _stats_layer_search(c: _Ctx, srows, sgroups, stat_pairs, n_perm: int, alpha:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             S, null, plan = cka_null_blocked(src_a, src_b, sgroups, n_perm=n_perm, seed=seed,
-                                             memory_budget=getattr(c, "memory_budget", None), device=c.dev)
+                                             memory_budget=getattr(c, "memory_budget", None), device=c.dev,
+                                             progress=progress)
     except ValueError as e:                            # even one layer pair's Grams exceed the budget
         return {"skipped": str(e)}
     out = {"layers_a": [c.ext.layers_a[i] for i in la], "layers_b": [c.ext.layers_b[j] for j in lb],
@@ -441,7 +443,7 @@ def _stats_section(c: _Ctx, knn_k, knn_metric, stats_layers, tokens_per_text, ma
                           "statistic of {observed} and the K null values: 0 = not above unrelated representations"),
            "per_layer": per}
     if stats_layers == "all" and n_perm > 0 and len(stat_pairs) > 1:
-        out["layer_search"] = _stats_layer_search(c, srows, sgroups, stat_pairs, n_perm, alpha, seed)
+        out["layer_search"] = _stats_layer_search(c, srows, sgroups, stat_pairs, n_perm, alpha, seed, progress)
     return out
 
 
