@@ -201,3 +201,9 @@ def gemm_gflops(dtype=torch.float32, device="cpu", d: int = 512, rows: int = 204
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2.0 * rows * d * d / max(best, 1e-9) / 1e9
+
+
+def cka_ratio(num, den2):
+    """CKA from its numerator and the product of the two self terms; nan where a self term is 0."""
+    out = num / torch.sqrt(den2.clamp_min(0))
+    return torch.where(den2 > 0, out, torch.full_like(out, float("nan")))

@@ -36,8 +36,14 @@ def _debiased_dot(xty_sq, sq_rows_x, sq_rows_y, n: int):
     Kornblith et al.'s feature-space form of Song et al.'s estimator; the common factor
     1/(n(n-3)) cancels in CKA.
     """
-    sx, sy = sq_rows_x.sum(), sq_rows_y.sum()
-    return xty_sq - n / (n - 2.0) * (sq_rows_x @ sq_rows_y) + sx * sy / ((n - 1.0) * (n - 2.0))
+    return debias_hsic(xty_sq, sq_rows_x @ sq_rows_y, sq_rows_x.sum(), sq_rows_y.sum(), n)
+
+
+def debias_hsic(h, sab, sa, sb, n):
+    """The unbiased-HSIC correction, the one place every engine takes it from: ``h = ||Xc^T Yc||_F^2`` (or the
+    centred Grams' inner product), ``sab = sum_t a_t b_t``, ``sa = sum_t a_t``, ``sb = sum_t b_t`` with
+    ``a_t = ||row_t of Xc||^2``, ``b_t`` likewise for Y; broadcasts over layer pairs and jackknife blocks."""
+    return h - n / (n - 2.0) * sab + sa * sb / ((n - 1.0) * (n - 2.0))
 
 
 def linear_cka(X, Y, debiased: bool = False) -> float:

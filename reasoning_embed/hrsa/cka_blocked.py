@@ -39,8 +39,9 @@ __all__ = ["RowSource", "TensorSource", "IndexedSource", "BlockPlan", "BlockedCK
            "cka_matrix_blocked", "gemm_gflops"]
 
 # re-exported: callers and tests name them from here
-from .blocks import (BlockPlan, IndexedSource, RowSource, TensorSource, _split, gemm_gflops, parse_budget,  # noqa: F401
-                     plan_blocks)
+from .blocks import (BlockPlan, IndexedSource, RowSource, TensorSource, _split, cka_ratio,  # noqa: F401
+                     gemm_gflops, parse_budget, plan_blocks)
+from .cka import debias_hsic
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -155,11 +156,6 @@ def _cross_terms(src_a, src_b, ma, mb, plan, cd, device, debiased, bar, block_pa
     return num, ab
 
 
-def _ratio(num, den2):
-    out = num / torch.sqrt(den2.clamp_min(0))
-    return torch.where(den2 > 0, out, torch.full_like(out, float("nan")))
-
-
 @torch.no_grad()
 def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=None,
                        compute_dtype: torch.dtype = torch.float32, device=None, plan: BlockPlan | None = None,
@@ -233,11 +229,10 @@ def cka_matrix_blocked(src_a, src_b, *, debiased: bool = True, memory_budget=Non
     timings["block_pairs_done"] = min(n_pairs, block_pairs or n_pairs)
     if bar is not None:
         bar.close()
-    biased = _ratio(num, hx[:, None] * hy[None, :]).cpu()
+    biased = cka_ratio(num, hx[:, None] * hy[None, :]).cpu()
     unbiased = None
     if debiased:
-        c1, c2 = n / (n - 2.0), 1.0 / ((n - 1.0) * (n - 2.0))
-        num_u = num - c1 * ab + c2 * sa[:, None] * sb[None, :]
-        hx_u, hy_u = hx - c1 * saa + c2 * sa * sa, hy - c1 * sbb + c2 * sb * sb
-        unbiased = _ratio(num_u, hx_u[:, None] * hy_u[None, :]).cpu()
+        num_u = debias_hsic(num, ab, sa[:, None], sb[None, :], float(n))
+        hx_u, hy_u = debias_hsic(hx, saa, sa, sa, float(n)), debias_hsic(hy, sbb, sb, sb, float(n))
+        unbiased = cka_ratio(num_u, hx_u[:, None] * hy_u[None, :]).cpu()
     return BlockedCKA(biased, unbiased, n, plan, time.perf_counter() - t0, timings)

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .blocks import TensorSource, _nbytes, _split, format_bytes, parse_budget
+from .blocks import TensorSource, _nbytes, _split, cka_ratio, format_bytes, parse_budget
+from .cka import debias_hsic
 
 __all__ = ["GramPlan", "GramCKA", "plan_gram", "choose_plan", "cka_gram_blocked", "cka_null_blocked",
            "NullPlan", "plan_null"]
@@ -409,15 +410,6 @@ def _sub(acc: dict, Ia, Jb) -> dict:
     return out
 
 
-def _ratio(num, den2):
-    out = num / torch.sqrt(den2.clamp_min(0))
-    return torch.where(den2 > 0, out, torch.full_like(out, float("nan")))
-
-
-def _debias(h, sab, sa, sb, N):
-    return h - N / (N - 2.0) * sab + sa * sb / ((N - 1.0) * (N - 2.0))
-
-
 def _jackknife_intervals(acc, U_a, U_b, nb, n, est_b, est_u, alpha, debiased):
     from .intervals import _finish
 
@@ -429,9 +421,9 @@ def _jackknife_intervals(acc, U_a, U_b, nb, n, est_b, est_u, alpha, debiased):
     yy = acc["b1"][:, None] + acc["b3"] - 2 * acc["b2"] + vsq ** 2 / N ** 2 - 2 * acc["qqy"] / N + 2 * acc["qqiny"] / N
     reps = {"biased": xy / torch.sqrt(xx[:, None] * yy[None])}
     if debiased:
-        xy_u = _debias(xy, acc["jab"], acc["jsa"][:, None], acc["jsb"][None], N)
-        xx_u = _debias(xx, acc["jsaa"], acc["jsa"], acc["jsa"], N)
-        yy_u = _debias(yy, acc["jsbb"], acc["jsb"], acc["jsb"], N)
+        xy_u = debias_hsic(xy, acc["jab"], acc["jsa"][:, None], acc["jsb"][None], N)
+        xx_u = debias_hsic(xx, acc["jsaa"], acc["jsa"], acc["jsa"], N)
+        yy_u = debias_hsic(yy, acc["jsbb"], acc["jsb"], acc["jsb"], N)
         rep = xy_u / torch.sqrt(xx_u[:, None] * yy_u[None])
         reps["debiased"] = torch.where(N > 3, rep, torch.full_like(rep, float("nan")))
     methods = {"biased": (False, "jackknife (texts), centred on the estimate: expected biased CKA at this n"),
@@ -521,14 +513,14 @@ def cka_gram_blocked(src_a, src_b, *, debiased: bool = True, groups=None, jackkn
     if bar is not None:
         bar.close()
     timings["tiles_s"] = time.perf_counter() - t0 - timings["means_s"]
-    biased = _ratio(acc["x1"], acc["a1"][:, None] * acc["b1"][None, :])
+    biased = cka_ratio(acc["x1"], acc["a1"][:, None] * acc["b1"][None, :])
     unb = None
     if debiased:
         nf = torch.tensor(float(n), dtype=torch.float64, device=dev)
-        num_u = _debias(acc["x1"], acc["ab"], acc["sa"][:, None], acc["sb"][None, :], nf)
-        hx_u = _debias(acc["a1"], acc["saa"], acc["sa"], acc["sa"], nf)
-        hy_u = _debias(acc["b1"], acc["sbb"], acc["sb"], acc["sb"], nf)
-        unb = _ratio(num_u, hx_u[:, None] * hy_u[None, :])
+        num_u = debias_hsic(acc["x1"], acc["ab"], acc["sa"][:, None], acc["sb"][None, :], nf)
+        hx_u = debias_hsic(acc["a1"], acc["saa"], acc["sa"], acc["sa"], nf)
+        hy_u = debias_hsic(acc["b1"], acc["sbb"], acc["sb"], acc["sb"], nf)
+        unb = cka_ratio(num_u, hx_u[:, None] * hy_u[None, :])
     jk = None
     if B:
         est_u = unb if unb is not None else torch.full_like(biased, float("nan"))
@@ -690,20 +682,20 @@ def cka_null_blocked(src_a, src_b, groups=None, *, n_perm: int = 200, seed: int 
         K, a = _full_grams(src_a, Ia, ma, compute_dtype, dev)
         hx = (K * K).sum((1, 2))
         if debiased:
-            hx = _debias(hx, (a * a).sum(1), a.sum(1), a.sum(1), nf)
+            hx = debias_hsic(hx, (a * a).sum(1), a.sum(1), a.sum(1), nf)
         Kf = K.reshape(len(Ia), -1)
         for Jb in plan.blocks_b:
             Lg, b = _full_grams(src_b, Jb, mb, compute_dtype, dev)
             hy = (Lg * Lg).sum((1, 2))
             if debiased:
-                hy = _debias(hy, (b * b).sum(1), b.sum(1), b.sum(1), nf)
+                hy = debias_hsic(hy, (b * b).sum(1), b.sum(1), b.sum(1), nf)
             den = torch.sqrt(hx[:, None] * hy[None, :])
             Lf = Lg.reshape(len(Jb), -1)
             sl = (slice(Ia[0], Ia[-1] + 1), slice(Jb[0], Jb[-1] + 1))
 
             def stat(num, bp):
                 if debiased:
-                    num = _debias(num, a @ bp.T, a.sum(1)[:, None], b.sum(1)[None, :], nf)
+                    num = debias_hsic(num, a @ bp.T, a.sum(1)[:, None], b.sum(1)[None, :], nf)
                 return torch.where(den > 0, num / den, torch.full_like(num, float("nan"))).cpu()
 
             observed[sl] = stat(Kf @ Lf.T, b)

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import torch
 
 from ._tensor import as_f64
+from .cka import debias_hsic
 
 __all__ = ["CKAAccumulator", "cka_matrix"]
 
@@ -212,10 +213,8 @@ class CKAAccumulator:
                    + 2 * mm * self.suma - 3 * n * mm * mm)
             sbb = (self.sumb2 - 4 * (p * self.yb).sum(1) + 4 * torch.einsum("ld,lde,le->l", p, self.Sy, p)
                    + 2 * pp * self.sumb - 3 * n * pp * pp)
-            c1, c2 = n / (n - 2.0), 1.0 / ((n - 1.0) * (n - 2.0))
-            num = num - c1 * sab + c2 * sa[:, None] * sb[None, :]
-            hx = hx - c1 * saa + c2 * sa * sa
-            hy = hy - c1 * sbb + c2 * sb * sb
+            num = debias_hsic(num, sab, sa[:, None], sb[None, :], n)
+            hx, hy = debias_hsic(hx, saa, sa, sa, n), debias_hsic(hy, sbb, sb, sb, n)
         den2 = hx[:, None] * hy[None, :]
         out = num / torch.sqrt(den2.clamp_min(0))
         return torch.where(den2 > 0, out, torch.full_like(out, float("nan")))

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ._tensor import as_f64, same_rows
+from .cka import debias_hsic
 from .knn import _order_candidates, _prepare, knn_indices
 from .stats import BootstrapResult, PermutationResult, _group_rows, group_permutations, permutation_p_value
 
@@ -89,10 +90,8 @@ def _weighted_cka(X: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, x2: torch.T
     b = y2 - 2.0 * (Y @ p) + p @ p
     wa, wb = w * a, w * b
     sa, sb = float(wa.sum()), float(wb.sum())
-    c1, c2 = N / (N - 2.0), 1.0 / ((N - 1.0) * (N - 2.0))
-    xy_u = xy - c1 * float(wa @ b) + c2 * sa * sb
-    xx_u = xx - c1 * float(wa @ a) + c2 * sa * sa
-    yy_u = yy - c1 * float(wb @ b) + c2 * sb * sb
+    xy_u = debias_hsic(xy, float(wa @ b), sa, sb, N)
+    xx_u, yy_u = debias_hsic(xx, float(wa @ a), sa, sa, N), debias_hsic(yy, float(wb @ b), sb, sb, N)
     debiased = float(xy_u / torch.sqrt(xx_u * yy_u)) if float(xx_u) > 0 and float(yy_u) > 0 else float("nan")
     return biased, debiased
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ._tensor import as_f64, same_rows
+from .cka import debias_hsic
 from .knn import knn_indices
 
 __all__ = ["Interval", "cka_jackknife", "jackknife_blocks", "knn_interval"]
@@ -165,10 +166,8 @@ def _cka_from_sums(xy, xx, yy, N, a, b):
     the dropped rows (the debiased correction of the feature-space HSIC, as :func:`linear_cka`)."""
     biased = xy / torch.sqrt(xx * yy)
     sa, sb = a.sum(0), b.sum(0)
-    c1, c2 = N / (N - 2.0), 1.0 / ((N - 1.0) * (N - 2.0))
-    xy_u = xy - c1 * (a * b).sum(0) + c2 * sa * sb
-    xx_u = xx - c1 * (a * a).sum(0) + c2 * sa * sa
-    yy_u = yy - c1 * (b * b).sum(0) + c2 * sb * sb
+    xy_u = debias_hsic(xy, (a * b).sum(0), sa, sb, N)
+    xx_u, yy_u = debias_hsic(xx, (a * a).sum(0), sa, sa, N), debias_hsic(yy, (b * b).sum(0), sb, sb, N)
     debiased = xy_u / torch.sqrt(xx_u * yy_u)
     debiased = torch.where(N > 3, debiased, torch.full_like(debiased, float("nan")))
     return biased, debiased
