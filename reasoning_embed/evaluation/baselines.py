@@ -31,12 +31,18 @@ def code_tokens(text: str) -> list[str]:
     return out or ["<empty>"]
 
 
-def bm25_search(queries: list[str], corpus: list[str], k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, indices), both n_q x min(k, corpus size), best first."""
+def bm25_index(corpus: list[str]):
+    """A ``bm25s`` index (Lucene BM25, k1 1.5, b 0.75) of ``corpus`` over :func:`code_tokens`."""
     import bm25s
 
     retriever = bm25s.BM25()
     retriever.index([code_tokens(d) for d in corpus], show_progress=False)
+    return retriever
+
+
+def bm25_search(queries: list[str], corpus: list[str], k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, indices), both n_q x min(k, corpus size), best first."""
+    retriever = bm25_index(corpus)
     k = min(k, len(corpus))
     docs, scores = retriever.retrieve([code_tokens(q) for q in queries], k=k, show_progress=False)
     return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(docs, dtype=torch.long)

@@ -57,14 +57,11 @@ class Bm25SearchAdapter:
 
     def index(self, corpus, *, task_metadata, hf_split: str, hf_subset: str, encode_kwargs: dict,
               num_proc: int | None = None, **kwargs: Any) -> None:
-        import bm25s
-
-        from reasoning_embed.evaluation.baselines import code_tokens
+        from reasoning_embed.evaluation.baselines import bm25_index
 
         texts = [_doc_text(row) for row in corpus]
         self._ids = [str(i) for i in corpus["id"]]
-        self._retriever = bm25s.BM25()
-        self._retriever.index([code_tokens(t) for t in texts], show_progress=False)
+        self._retriever = bm25_index(texts)
         self._record(task_metadata, hf_split, hf_subset, "document", len(texts))
 
     def search(self, queries, *, task_metadata, hf_split: str, hf_subset: str, top_k: int, encode_kwargs: dict,
