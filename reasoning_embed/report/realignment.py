@@ -100,15 +100,16 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cached_step(cache_dir, files: list[Path], settings: dict, compute):
-    """(one step's row, whether it was reused): from the feature cache's ``realign/`` entries when the same step files (by content) were
-    compared with the same settings before; else computed and recorded (atomically)."""
+def _cached_step(cache_dir, digests: list[str], settings: dict, compute):
+    """(one step's row, whether it was reused): from the feature cache's ``realign/`` entries when the same step
+    files (``digests``: their contents' :func:`_file_digest`) were compared with the same settings before; else
+    computed and recorded (atomically)."""
     import hashlib
     import json
 
     if cache_dir is None:
         return compute(), False
-    fields = {"format": _CACHE_FORMAT, "files": [_file_digest(p) for p in files], "settings": settings}
+    fields = {"format": _CACHE_FORMAT, "files": digests, "settings": settings}
     key = hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=12).hexdigest()
     path = Path(cache_dir) / "realign" / f"{key}.json"
     if path.is_file():
@@ -161,9 +162,11 @@ def realign_pair(run_a: Path, run_b: Path, out: Path, k: int = 10, n_perm: int =
         return row
 
     settings = {"k": kk, "n_perm": n_perm, "seed": seed, "bands": bool(bands), "alpha": alpha}
+    # the two first-step files are part of every step's key: hashed once, not once per step
+    init_digests = [_file_digest(steps_a[min(steps_a)]), _file_digest(steps_b[min(steps_b)])] if cache_dir else []
     for step in common:
-        files = [steps_a[step], steps_b[step], steps_a[min(steps_a)], steps_b[min(steps_b)]]
-        row, hit = _cached_step(cache_dir, files, settings, lambda: compute(step))
+        digests = [_file_digest(steps_a[step]), _file_digest(steps_b[step]), *init_digests] if cache_dir else []
+        row, hit = _cached_step(cache_dir, digests, settings, lambda: compute(step))
         reused += hit
         series.append(row)
     if cache_dir is not None:
