@@ -287,8 +287,7 @@ def knn_interval(X, Y, groups=None, k: int = 10, metric: str = "cosine", alpha: 
 
     X, Y = as_f64(X, "X"), as_f64(Y, "Y")
     n = same_rows(X, Y)
-    n_texts = n if groups is None else int(np.unique(np.asarray(groups.cpu() if isinstance(groups, torch.Tensor)
-                                                                 else groups)).size)
+    n_texts = int(_text_ids(groups, n).max()) + 1 if n else 0
     if n_texts < 8 or not 0 < k < n // 4 - 1:
         raise ValueError(f"the k-NN interval needs at least 8 texts and 0 < k < n/4 - 1 (quarters of the sample "
                          f"search their own neighbours): n={n}, {n_texts} texts, k={k}")
