@@ -47,6 +47,16 @@ def micro_backbone(tmp_path_factory, corpus_dir) -> Path:
     return build_tiny_backbone(tmp_path_factory.mktemp("bb") / "micro", corpus_dir, seed=0, **MICRO)
 
 
+@pytest.fixture(scope="session")
+def micro_code_backbone(tmp_path_factory, corpus_dir) -> Path:
+    """The micro backbone with the ``bpe_code`` tokenizer (lowercased, whitespace dropped), whose pipeline
+    transformers 5 replaces when it loads a qwen2-config tokenizer."""
+    from reasoning_embed.models.tiny import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("bb") / "micro_code", corpus_dir, seed=0,
+                               **{**MICRO, "tokenizer": "bpe_code"})
+
+
 @pytest.fixture
 def micro_encoder(micro_backbone):
     from reasoning_embed.models.encoder import build_encoder

@@ -30,13 +30,15 @@ def _every_length(tokenizer, limit: int, prompt: str = "") -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("boundary", ["prompt_tokens", "offsets"])
-def test_export_matches_the_framework_with_unequal_lengths(micro_backbone, tmp_path, boundary):
+@pytest.mark.parametrize("tokenizer, boundary", [("bpe", "prompt_tokens"), ("bpe", "offsets"),
+                                                  ("bpe_code", "prompt_tokens"), ("bpe_code", "offsets")])
+def test_export_matches_the_framework_with_unequal_lengths(request, tmp_path, tokenizer, boundary):
     from sentence_transformers import SentenceTransformer
 
     from reasoning_embed.models.encoder import build_encoder
     from reasoning_embed.models.export import export_encoder, read_export_settings
 
+    micro_backbone = request.getfixturevalue("micro_code_backbone" if tokenizer == "bpe_code" else "micro_backbone")
     enc = _perturbed(build_encoder({"path": str(micro_backbone), "name": "micro"}, max_query_length=40,
                                    max_passage_length=24, prompt_boundary=boundary))
     out = export_encoder(enc, tmp_path / "model", instruction=INSTRUCTION, card={"backbone": "micro"})
@@ -44,7 +46,11 @@ def test_export_matches_the_framework_with_unequal_lengths(micro_backbone, tmp_p
     settings = read_export_settings(out)
     assert settings["max_query_length"] == 40 and settings["max_passage_length"] == 24
     assert settings["prompt_boundary"] == boundary and settings["query_template"] == enc.tokenizer.query_template
-    st = SentenceTransformer(str(out), device="cpu", trust_remote_code=boundary == "offsets")
+    # stock modules unless they would embed differently: the offsets rule, or bpe_code's tokenizer pipeline
+    # (transformers 5 loads any qwen2-config tokenizer as Qwen2Tokenizer and rebuilds Qwen's pre-tokeniser)
+    shipped = json.loads((out / "reasoning_embed.json").read_text())["st_modules"]
+    assert shipped is (boundary == "offsets" or tokenizer == "bpe_code")
+    st = SentenceTransformer(str(out), device="cpu", trust_remote_code=shipped)
     prompt = enc.tokenizer.prompt(INSTRUCTION)
     assert st.prompts["query"] == prompt
     queries = _every_length(enc.tokenizer, 40, prompt) + ["sort", "x", "3 errors", "(a, b)"]

@@ -112,3 +112,34 @@ def test_model_identity_is_content_not_location(run_dir, tmp_path):
     cfg["hidden_act"] = "gelu"
     (moved / "config.json").write_text(json.dumps(cfg))
     assert model_identity(resolve_spec(moved)) != model_identity(resolve_spec(run / "model"))
+
+
+CODE = "Byte-compile all modules.\ndef compile_dir(maxLevels, HTTPServer):\n    return x_1"
+
+
+def test_the_loader_keeps_the_tokenizer_pipeline_a_directory_declares(micro_code_backbone, micro_backbone):
+    """transformers 5 loads every qwen2-config tokenizer as Qwen2Tokenizer and rebuilds Qwen's pre-tokeniser;
+    the tiny ``bpe_code`` tokenizer (lowercased, whitespace dropped) must embed as it was built."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from reasoning_embed.models.backbone import load_tokenizer
+
+    written = Tokenizer.from_file(str(micro_code_backbone / "tokenizer.json")).encode(CODE, add_special_tokens=False)
+    loaded = load_tokenizer(str(micro_code_backbone))
+    assert loaded(CODE, add_special_tokens=False)["input_ids"] == written.ids
+    tokens = loaded.tokenize(CODE)
+    assert not any("Ġ" in t or "Ċ" in t or t != t.lower() for t in tokens)  # lowercased, whitespace dropped
+    word = loaded.tokenize("compile")  # a word in a summary is the same ids inside an identifier
+    assert loaded.tokenize(" Byte-compile")[-len(word):] == word == loaded.tokenize("compile_dir")[:len(word)]
+    assert loaded.padding_side == "right" and loaded.pad_token == "<|endoftext|>"
+    # a tokenizer with Qwen's own pipeline loads exactly as transformers (and sentence-transformers) load it
+    stock = AutoTokenizer.from_pretrained(str(micro_backbone))
+    assert load_tokenizer(str(micro_backbone)).tokenize(CODE) == stock.tokenize(CODE)
+
+
+def test_an_unknown_tiny_tokenizer_is_refused_with_the_choices(corpus_dir):
+    from reasoning_embed.models.tiny import make_tokenizer
+
+    with pytest.raises(ValueError, match=r"tiny.tokenizer must be one of \['bpe', 'bpe_code', 'qwen'\], got 'wordpiece'"):
+        make_tokenizer("wordpiece", corpus_dir)

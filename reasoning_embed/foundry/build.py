@@ -84,11 +84,11 @@ def _data(cfg: dict, corpus_dir: Path, clock: _StageClock):
     """The tokenizer, the held-out problems and text blocks, and the pre-training blocks."""
     from reasoning_embed.foundry.pretrain import heldout_text_blocks, pretrain_blocks
     from reasoning_embed.foundry.problems import heldout_eval_set
-    from reasoning_embed.models.tiny import qwen_tokenizer, train_bpe_tokenizer
+    from reasoning_embed.models.tiny import make_tokenizer
 
     t0 = clock.start()
     m, seed = cfg["model"], int(cfg["seed"])
-    tok = qwen_tokenizer() if m["tokenizer"] == "qwen" else train_bpe_tokenizer(corpus_dir, m["vocab_size"])
+    tok = make_tokenizer(m["tokenizer"], corpus_dir, m["vocab_size"])
     kinds, hf = list(cfg["problems"]["kinds"]), cfg["problems"]["heldout_fraction"]
     eval_set = heldout_eval_set(kinds, cfg["eval"]["per_kind"], seed, hf)
     lm_blocks = heldout_text_blocks(tok, corpus_dir, cfg["eval"]["lm_blocks"], cfg["eval"]["lm_block_size"])

@@ -35,7 +35,7 @@ def load_backbone(path: str, attention: str = "bidirectional", attn_implementati
                   dtype: str = "float32", revision: str | None = None, check: bool = True):
     """Load ``AutoModel`` (no LM head) + tokenizer with the attention mode set and verified."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     from reasoning_embed.models.attention import check_attention, set_attention_mode
 
@@ -45,9 +45,45 @@ def load_backbone(path: str, attention: str = "bidirectional", attn_implementati
     set_attention_mode(config, attention)
     model = AutoModel.from_pretrained(path, config=config, revision=revision, dtype=getattr(torch, dtype),
                                       attn_implementation=attn_implementation)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    tokenizer = load_tokenizer(path, revision)
     report = check_attention(model, attention, vocab_high=min(len(tokenizer), 1000)) if check else None
     return model, tokenizer, report
+
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    """``AutoTokenizer``, except where it replaced the pipeline the directory's ``tokenizer.json`` declares.
+
+    transformers 5 loads the tokenizer of every qwen2-config model as ``Qwen2Tokenizer``, which keeps the
+    vocabulary and merges but rebuilds Qwen's normaliser and pre-tokeniser. A directory that asks for the
+    generic backend (``tokenizer_class`` ``TokenizersBackend``: the tiny backbones' ``bpe_code`` tokenizer, which
+    lowercases and drops whitespace) then gets its own pipeline back, read from ``tokenizer.json`` as written.
+    Hub models (which name their own class) load as transformers loads them, as sentence-transformers does."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        return tokenizer
+    declared = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    if declared not in GENERIC_TOKENIZER_CLASSES or not pipeline_replaced(tokenizer, folder / "tokenizer.json"):
+        return tokenizer
+    return PreTrainedTokenizerFast.from_pretrained(path, revision=revision)
+
+
+def pipeline_replaced(tokenizer, tokenizer_json) -> bool:
+    """Whether ``tokenizer`` pre-tokenises (splits words) differently from the pipeline in ``tokenizer_json``."""
+    import json
+    from pathlib import Path
+
+    loaded = json.loads(tokenizer.backend_tokenizer.to_str())
+    written = json.loads(Path(tokenizer_json).read_text())
+    return loaded.get("pre_tokenizer") != written.get("pre_tokenizer")
 
 
 def _best_attn_implementation() -> str:

@@ -51,10 +51,12 @@ def _st_modules(encoder, hf_dir: Path, settings: dict, dtype):
     """The sentence-transformers module chain for ``encoder`` (stock modules, or ours for ``offsets``)."""
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    transformer_cls, pooling_cls = Transformer, Pooling
-    if settings["prompt_boundary"] == "offsets":
-        from reasoning_embed.models import st_modules
+    from reasoning_embed.models import st_modules
 
+    transformer_cls, pooling_cls = Transformer, Pooling
+    if settings["st_modules"]:
+        transformer_cls = st_modules.PipelineTokenizerTransformer
+    if settings["prompt_boundary"] == "offsets":
         transformer_cls, pooling_cls = st_modules.OffsetBoundaryTransformer, st_modules.RowPromptPooling
     kwargs = dict(max_seq_length=max(settings["max_query_length"], settings["max_passage_length"]),
                   query_length=settings["max_query_length"], document_length=settings["max_passage_length"],
@@ -67,8 +69,22 @@ def _st_modules(encoder, hf_dir: Path, settings: dict, dtype):
     return modules
 
 
+def needs_st_modules(encoder, hf_dir: Path, boundary: str) -> bool:
+    """Whether stock sentence-transformers would embed differently: the ``offsets`` boundary, or a tokenizer
+    whose pre-tokeniser ``AutoTokenizer`` replaces (``st_modules.PipelineTokenizerTransformer``)."""
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    def pre_tokenizer(tok):
+        return _json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer")
+
+    stock = AutoTokenizer.from_pretrained(hf_dir)
+    return boundary == "offsets" or pre_tokenizer(stock) != pre_tokenizer(encoder.tokenizer.hf)
+
+
 def _ship_st_modules(st_dir: Path) -> None:
-    """Under ``offsets``: copy the module file next to the model and point modules.json at it, so the export
+    """Under ``offsets`` or a replaced tokenizer pipeline: copy the module file next to the model and point modules.json at it, so the export
     loads (``trust_remote_code=True``) where reasoning_embed is not installed."""
     from reasoning_embed.models import st_modules
 
@@ -101,11 +117,12 @@ def export_encoder(encoder, out_dir: str | Path, instruction: str | None = None,
         backbone.save_pretrained(hf_dir)
         encoder.tokenizer.hf.save_pretrained(hf_dir)
         settings = encoder_settings(encoder)
+        settings["st_modules"] = needs_st_modules(encoder, hf_dir, settings["prompt_boundary"])
         prompts = {"query": encoder.tokenizer.prompt(instruction), "document": ""}
         st = SentenceTransformer(modules=_st_modules(encoder, hf_dir, settings, backbone.dtype), device="cpu",
                                  prompts=prompts)
         st.save(str(st_dir))
-        if settings["prompt_boundary"] == "offsets":
+        if settings["st_modules"]:
             _ship_st_modules(st_dir)
         record = {**settings, "empty_text": EMPTY_TEXT_RULE, "instruction": instruction, "prompts": prompts}
         (st_dir / SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -115,7 +132,7 @@ def export_encoder(encoder, out_dir: str | Path, instruction: str | None = None,
 
 def model_card(settings: dict, card: dict) -> str:
     """README.md of an export: what it is, how it was trained, how well, and how to load it."""
-    remote = ", trust_remote_code=True" if settings["prompt_boundary"] == "offsets" else ""
+    remote = ", trust_remote_code=True" if settings.get("st_modules", settings["prompt_boundary"] == "offsets") else ""
     facts = "\n".join(f"- **{key}**: `{json.dumps(value, default=str)}`" for key, value in card.items())
     return f"""# Embedding model trained with reasoning-embed
 

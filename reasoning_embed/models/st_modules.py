@@ -1,4 +1,12 @@
-"""sentence-transformers modules for exports trained with the ``offsets`` instruction boundary.
+"""sentence-transformers modules for exports that stock sentence-transformers would embed differently.
+
+:class:`PipelineTokenizerTransformer`: transformers 5 loads the tokenizer of any qwen2-config model as
+``Qwen2Tokenizer`` and rebuilds Qwen's pre-tokeniser; a directory that declares the generic backend
+(``TokenizersBackend``, e.g. the tiny backbones' ``bpe_code`` tokenizer, lowercased with whitespace dropped)
+gets the pipeline of its ``tokenizer.json`` back, as the framework's loader does
+(``reasoning_embed.models.backbone.load_tokenizer``: the same rule).
+
+Exports trained with the ``offsets`` instruction boundary:
 
 sentence-transformers measures a prompt by tokenizing it alone and excludes that many tokens, one count for
 the whole batch. Under ``prompt_boundary=offsets`` the text starts at the first token that ends after the
@@ -13,8 +21,37 @@ loads it with ``SentenceTransformer(path, trust_remote_code=True)`` where reason
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def written_tokenizer(path, loaded):
+    """The tokenizer as ``path/tokenizer.json`` writes it when ``loaded`` (AutoTokenizer's) replaced its
+    pre-tokeniser and the directory declares the generic backend; else ``loaded``."""
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file() or not (folder / "tokenizer_config.json").is_file():
+        return loaded
+    if json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class") not in GENERIC_TOKENIZER_CLASSES:
+        return loaded
+    written = json.loads((folder / "tokenizer.json").read_text()).get("pre_tokenizer")
+    if json.loads(loaded.backend_tokenizer.to_str()).get("pre_tokenizer") == written:
+        return loaded
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tok.model_max_length = loaded.model_max_length
+    return tok
+
+
+class PipelineTokenizerTransformer(Transformer):
+    def __init__(self, model_name_or_path: str, *args, **kwargs):
+        super().__init__(model_name_or_path, *args, **kwargs)
+        self.processor = written_tokenizer(kwargs.get("tokenizer_name_or_path") or model_name_or_path, self.processor)
 
 
 def text_start(offsets, prompt_chars: int) -> int:
@@ -26,7 +63,7 @@ def text_start(offsets, prompt_chars: int) -> int:
     return len(offsets)
 
 
-class OffsetBoundaryTransformer(Transformer):
+class OffsetBoundaryTransformer(PipelineTokenizerTransformer):
     def preprocess(self, inputs, prompt=None, processing_kwargs=None, **kwargs):
         features = super().preprocess(inputs, prompt=prompt, processing_kwargs=processing_kwargs, **kwargs)
         if prompt and features.get("modality") == "text" and all(isinstance(x, str) for x in inputs):

@@ -1,0 +1,102 @@
+"""How far lexical matching over a backbone's own tokens can go on the held-out stdlib splits (nDCG@10 x 100).
+
+`make train` validates a tiny dense model (mean pooling, hidden 128) against BM25. This prints, on the same
+held-out sets (`val/`, 500 queries per file, seed 42, queries without their instruction as the pooling
+excludes it), what a bag of the backbone's tokens can reach:
+
+- `bm25`: the project's baseline (`evaluation.baselines`, code-aware word tokens), the figure to beat;
+- `tfidf`: exact sparse TF-IDF cosine over the backbone's tokens (IDF from the train split's positives):
+  what perfect lexical weighting over these tokens reaches with no dimension limit;
+- `tfidf-d<N>`: the same bag squeezed into N dense dimensions by a random Gaussian projection (mean of 3
+  draws): the ideal mean-pooled bag of near-orthogonal token vectors at the model's width;
+- `tf-d<N>`: the unweighted bag at N dimensions (what an untrained bag-like model starts from).
+
+A dense model at width N beats `tfidf-d<N>` only by learning more than lexical identity (which tokens
+mean the same), so the gap between `tfidf-d<N>` and `bm25` is what its training must bring.
+
+    python benchmarks/bench_lexical_ceiling.py                         # the make-train backbone
+    python benchmarks/bench_lexical_ceiling.py --backbone outputs/backbones/tiny_triple-<id>/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from pathlib import Path
+
+import _common  # noqa: F401  (offline env, sys.path)
+import numpy as np
+import torch
+
+
+def _newest(pattern: str) -> Path:
+    hits = sorted((p for p in glob.glob(str(_common.ROOT / pattern)) if Path(p).is_dir()), key=lambda p: Path(p).stat().st_mtime)
+    if not hits:
+        raise SystemExit(f"nothing matches {pattern}: run `make train` first (it builds the backbone and data)")
+    return Path(hits[-1])
+
+
+def bag(tokenizer, texts: list[str], max_len: int, vocab: int):
+    from scipy.sparse import csr_matrix
+
+    rows, cols = [], []
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len]
+        rows += [i] * len(ids)
+        cols += ids
+    return csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(texts), vocab))
+
+
+def ndcg10(q, d, qrels) -> float:
+    from reasoning_embed.retrieval import exact_search, retrieval_metrics
+
+    q = torch.nn.functional.normalize(torch.as_tensor(q, dtype=torch.float32), dim=-1)
+    d = torch.nn.functional.normalize(torch.as_tensor(d, dtype=torch.float32), dim=-1)
+    scores, idx = exact_search(q, d, 10, "torch")
+    return retrieval_metrics(scores, idx, qrels, 10)["ndcg@10"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", help="a backbone directory (default: the newest outputs/backbones/tiny_random-*)")
+    ap.add_argument("--data", help="a mined corpus (default: the newest outputs/data/stdlib_mined-*)")
+    ap.add_argument("--dims", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--query-length", type=int, default=64)
+    ap.add_argument("--passage-length", type=int, default=64)
+    args = ap.parse_args()
+    from reasoning_embed.data.jsonl import data_files, read_jsonl
+    from reasoning_embed.evaluation.baselines import bm25_search
+    from reasoning_embed.models.backbone import load_tokenizer
+    from reasoning_embed.retrieval import retrieval_metrics, retrieval_set_from_rows
+
+    backbone = Path(args.backbone) if args.backbone else _newest("outputs/backbones/tiny_random-*")
+    data = Path(args.data) if args.data else _newest("outputs/data/stdlib_mined-*")
+    tok = load_tokenizer(str(backbone))  # the project's loader: bpe_code keeps its own pipeline
+    vocab = len(tok)
+    train = bag(tok, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], args.passage_length,
+                vocab)
+    idf = np.log((train.shape[0] + 1) / (np.asarray((train > 0).sum(0)).ravel() + 0.5))
+    sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / "val")]
+    print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/val, "
+          f"queries {args.query_length} / passages {args.passage_length} tokens; nDCG@10 x 100")
+    table: dict[str, list[float]] = {}
+    for vs in sets:
+        scores, idx = bm25_search(vs.queries, vs.corpus, 10)
+        table.setdefault("bm25", []).append(retrieval_metrics(scores, idx, vs.qrels, 10)["ndcg@10"])
+        q, d = bag(tok, vs.queries, args.query_length, vocab), bag(tok, vs.corpus, args.passage_length, vocab)
+        table.setdefault("tfidf", []).append(ndcg10(q.multiply(idf).toarray(), d.multiply(idf).toarray(), vs.qrels))
+        for dim in args.dims:
+            for name, w in ((f"tfidf-d{dim}", idf), (f"tf-d{dim}", np.ones(vocab))):
+                runs = []
+                for seed in range(3):
+                    proj = np.random.default_rng(seed).standard_normal((vocab, dim)) / np.sqrt(dim)
+                    runs.append(ndcg10(q.multiply(w) @ proj, d.multiply(w) @ proj, vs.qrels))
+                table.setdefault(name, []).append(float(np.mean(runs)))
+    names = [vs.name for vs in sets]
+    print(f"{'':<12}" + "".join(f"{n:>12}" for n in names) + f"{'mean':>12}")
+    for row, values in table.items():
+        print(f"{row:<12}" + "".join(f"{100 * v:>12.1f}" for v in values) + f"{100 * np.mean(values):>12.1f}")
+
+
+if __name__ == "__main__":
+    main()
