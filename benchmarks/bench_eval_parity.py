@@ -57,7 +57,7 @@ def main() -> None:
 
     import mteb
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
-    from sentence_transformers import SentenceTransformer
+    from reasoning_embed.models.export import load_export
 
     from reasoning_embed.data.jsonl import read_jsonl
     from reasoning_embed.evaluation import evaluate_model
@@ -74,7 +74,7 @@ def main() -> None:
     t_adapter = time.perf_counter() - t0
     ours = {t["task"]: t for t in summary["tasks"]}
 
-    st = SentenceTransformer(str(export), device="cpu")
+    st = load_export(export)
     table = load_instruction_table("e5")
     template = "Instruct: {instruction}\nQuery: "
     theirs = {}

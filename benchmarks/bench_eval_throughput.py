@@ -65,7 +65,7 @@ def main() -> None:
     from datasets import Dataset
     from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask
     from mteb.types import PromptType
-    from sentence_transformers import SentenceTransformer
+    from reasoning_embed.models.export import load_export
     from torch.utils.data import DataLoader
 
     from reasoning_embed.evaluation.adapter import MtebEncoderAdapter
@@ -75,7 +75,7 @@ def main() -> None:
     adapter = MtebEncoderAdapter(load_encoder(export, device="cpu"), {"default": instruction},
                                  batch_size=args.batch_size)
     prompt = adapter.encoder.tokenizer.prompt(instruction)
-    st = SentenceTransformer(str(export), device="cpu")
+    st = load_export(export)
     meta = MockRetrievalTask.metadata
 
     def run_adapter(items, prompt_type):

@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    from reasoning_embed.models.export import load_export
 
     from reasoning_embed.models.loading import load_encoder
     from reasoning_embed.retrieval import evaluate_retrieval
@@ -42,8 +42,7 @@ def main():
     run = Path(args.run)
     ours = load_encoder(str(run))
     settings = json.loads((run / "model" / "reasoning_embed.json").read_text())
-    st = SentenceTransformer(str(run / "model"), device="cpu",
-                             trust_remote_code=settings["prompt_boundary"] == "offsets")
+    st = load_export(run / "model")
     sets = held_out_sets(run)
     tok = ours.tokenizer
     diff_q = diff_p = 0.0

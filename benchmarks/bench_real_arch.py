@@ -83,7 +83,7 @@ def child(family: str, json_out: str | None, work: Path) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
-    from sentence_transformers import SentenceTransformer
+    from reasoning_embed.models.export import load_export
 
     from reasoning_embed import CONF_DIR
     from reasoning_embed.data.stdlib_corpus import build_stdlib_corpus
@@ -123,7 +123,7 @@ def child(family: str, json_out: str | None, work: Path) -> dict:
     trained = json.loads(done.read_text())
     metrics, train_s = trained["metrics"], trained["train_seconds"]
     ours = load_encoder(str(run))
-    st = SentenceTransformer(str(run / "model"), device="cpu")
+    st = load_export(run / "model")
     val = [json.loads(line) for line in Path(data["val"]).read_text().splitlines()]
     queries, passages = [r["query"][1] for r in val], [p for r in val for p in r["pos"] + r["neg"][:1]]
     instruction = val[0]["query"][0]

@@ -340,17 +340,15 @@ def section_fsdp(s: Settings) -> None:
 
 
 def section_export(s: Settings) -> None:
-    from sentence_transformers import SentenceTransformer
-
     from reasoning_embed.models.encoder import build_encoder
-    from reasoning_embed.models.export import export_encoder
+    from reasoning_embed.models.export import export_encoder, load_export
 
     with check("export", "export -> sentence-transformers on the device, equal embeddings") as rec:
         bb = backbone_dir(s, s.qwen25, "export", num_hidden_layers=2)
         enc = build_encoder({"path": str(bb), "name": "export"}, max_query_length=64, max_passage_length=64).to(s.device)
         rows = texts(32, seed=3)
         ours = enc.encode(rows, is_query=False, batch_size=8)
-        st = SentenceTransformer(str(export_encoder(enc, s.out / "export_model")), device=s.device)
+        st = load_export(export_encoder(enc, s.out / "export_model"), device=s.device)
         theirs = torch.as_tensor(st.encode(rows, batch_size=8, convert_to_numpy=True))
         diff = (ours - theirs).abs().max().item()
         rec.figures = f"{len(rows)} texts, max abs difference {diff:.1e} on {st.device}"

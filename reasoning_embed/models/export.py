@@ -132,7 +132,7 @@ def export_encoder(encoder, out_dir: str | Path, instruction: str | None = None,
 
 def model_card(settings: dict, card: dict) -> str:
     """README.md of an export: what it is, how it was trained, how well, and how to load it."""
-    remote = ", trust_remote_code=True" if settings.get("st_modules", settings["prompt_boundary"] == "offsets") else ""
+    remote = ", trust_remote_code=True" if settings["st_modules"] else ""
     facts = "\n".join(f"- **{key}**: `{json.dumps(value, default=str)}`" for key, value in card.items())
     return f"""# Embedding model trained with reasoning-embed
 
@@ -180,6 +180,18 @@ def is_export(model_dir: str | Path) -> bool:
     ``is_causal`` (``export_encoder`` always writes it; a foreign sentence-transformers model does not)."""
     model_dir = Path(model_dir)
     return (model_dir / "modules.json").is_file() and "is_causal" in _json(model_dir / "config.json")
+
+
+def ships_st_modules(model_dir: str | Path) -> bool:
+    """Whether an export carries ``reasoning_embed_st.py`` (then it loads with ``trust_remote_code=True``)."""
+    return (Path(model_dir) / ST_MODULES_FILE).is_file()
+
+
+def load_export(model_dir: str | Path, device: str = "cpu"):
+    """``SentenceTransformer`` of an export, trusting the module file only when the export ships one."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device=device, trust_remote_code=ships_st_modules(model_dir))
 
 
 def read_export_settings(model_dir: str | Path) -> dict:
