@@ -20,6 +20,12 @@ def format_bytes(b: float) -> str:
     return f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
 
 
+def plan_cost(state_bytes: float, budget: int | None, flops: float, est_seconds: float | None) -> str:
+    """The tail every plan's ``describe()`` ends with: memory against the budget, GEMM work, time estimate."""
+    return (f"memory {format_bytes(state_bytes)} of budget {format_bytes(budget) if budget else 'unlimited'}; "
+            f"{flops / 1e12:.2f} TFLOP" + (f", estimated {est_seconds:.0f} s" if est_seconds is not None else ""))
+
+
 _UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
           "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
 
@@ -101,9 +107,8 @@ class BlockPlan:
         return (f"CKA plan: {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers, {pairs} block pairs), row chunks of "
                 f"{self.row_chunk}, {self.compute_dtype} GEMMs; passes over the features: model A "
-                f"{self.reads['a']}, model B {self.reads['b']}; memory {format_bytes(self.state_bytes)}"
-                f" of budget {format_bytes(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
-                + (f", estimated {self.est_seconds:.0f} s" if self.est_seconds is not None else ""))
+                f"{self.reads['a']}, model B {self.reads['b']}; "
+                + plan_cost(self.state_bytes, self.budget, self.flops, self.est_seconds))
 
 
 def _split(L: int, size: int) -> list[list[int]]:

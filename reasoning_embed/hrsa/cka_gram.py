@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .blocks import TensorSource, _nbytes, _split, cka_ratio, format_bytes, parse_budget
+from .blocks import TensorSource, _nbytes, _split, cka_ratio, format_bytes, parse_budget, plan_cost
 from .cka import debias_hsic
 
 __all__ = ["GramPlan", "GramCKA", "plan_gram", "choose_plan", "cka_gram_blocked", "cka_null_blocked",
@@ -85,10 +85,8 @@ class GramPlan:
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers, {pairs} block pairs), {T} row panels of "
                 f"{self.row_chunk} ({T * (T + 1) // 2} tiles per block pair{', all panels held' if self.resident else ''}), "
                 f"{self.compute_dtype} GEMMs{jk}; passes "
-                f"over the features: model A {self.reads['a']:.1f}, model B {self.reads['b']:.1f}; memory "
-                f"{format_bytes(self.state_bytes)} of budget {format_bytes(self.budget) if self.budget else 'unlimited'}; "
-                f"{self.flops / 1e12:.2f} TFLOP" + (f", estimated {self.est_seconds:.0f} s"
-                                                    if self.est_seconds is not None else ""))
+                f"over the features: model A {self.reads['a']:.1f}, model B {self.reads['b']:.1f}; "
+                + plan_cost(self.state_bytes, self.budget, self.flops, self.est_seconds))
 
 
 def _gram_cost(La, Lb, da, db, n, ba, bb, T, cb, storage_bytes, B, resident=False):
@@ -599,9 +597,7 @@ class NullPlan:
         return (f"permutation-null plan: {len(self.blocks_a)} x {len(self.blocks_b)} layer blocks "
                 f"({len(self.blocks_a[0])} x {len(self.blocks_b[0])} layers), full {self.n} x {self.n} Grams of a block "
                 f"pair held, {self.n_perm} permutations; passes over the features: model A 1, model B "
-                f"{len(self.blocks_a)}; memory {format_bytes(self.state_bytes)} of budget "
-                f"{format_bytes(self.budget) if self.budget else 'unlimited'}; {self.flops / 1e12:.2f} TFLOP"
-                + (f", estimated {self.est_seconds:.0f} s" if self.est_seconds is not None else ""))
+                f"{len(self.blocks_a)}; " + plan_cost(self.state_bytes, self.budget, self.flops, self.est_seconds))
 
 
 def plan_null(La, Lb, da, db, n, n_perm, budget=None, gflops: float | None = None, block_a=None, block_b=None):
