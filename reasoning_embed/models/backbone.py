@@ -76,14 +76,19 @@ def load_tokenizer(path: str, revision: str | None = None):
     return PreTrainedTokenizerFast.from_pretrained(path, revision=revision)
 
 
+def pre_tokenizer_of(tokenizer) -> dict | None:
+    """The pre-tokeniser (how text is split into words) of a fast tokenizer, as its ``tokenizer.json`` writes it."""
+    import json
+
+    return json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer")
+
+
 def pipeline_replaced(tokenizer, tokenizer_json) -> bool:
     """Whether ``tokenizer`` pre-tokenises (splits words) differently from the pipeline in ``tokenizer_json``."""
     import json
     from pathlib import Path
 
-    loaded = json.loads(tokenizer.backend_tokenizer.to_str())
-    written = json.loads(Path(tokenizer_json).read_text())
-    return loaded.get("pre_tokenizer") != written.get("pre_tokenizer")
+    return pre_tokenizer_of(tokenizer) != json.loads(Path(tokenizer_json).read_text()).get("pre_tokenizer")
 
 
 def _best_attn_implementation() -> str:

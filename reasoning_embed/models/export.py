@@ -72,15 +72,13 @@ def _st_modules(encoder, hf_dir: Path, settings: dict, dtype):
 def needs_st_modules(encoder, hf_dir: Path, boundary: str) -> bool:
     """Whether stock sentence-transformers would embed differently: the ``offsets`` boundary, or a tokenizer
     whose pre-tokeniser ``AutoTokenizer`` replaces (``st_modules.PipelineTokenizerTransformer``)."""
-    import json as _json
-
     from transformers import AutoTokenizer
 
-    def pre_tokenizer(tok):
-        return _json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer")
+    from reasoning_embed.models.backbone import pre_tokenizer_of
 
-    stock = AutoTokenizer.from_pretrained(hf_dir)
-    return boundary == "offsets" or pre_tokenizer(stock) != pre_tokenizer(encoder.tokenizer.hf)
+    if boundary == "offsets":
+        return True
+    return pre_tokenizer_of(AutoTokenizer.from_pretrained(hf_dir)) != pre_tokenizer_of(encoder.tokenizer.hf)
 
 
 def _ship_st_modules(st_dir: Path) -> None:
