@@ -51,7 +51,7 @@ def train_bpe_tokenizer(corpus_dir: str | Path, vocab_size: int = 4096, pipeline
     punctuation: ``" compile"``, ``"_dir"``, ``"Compile"`` are three ids). ``bpe_code``: lowercased, whitespace
     dropped, words split from the punctuation around them, so a query's ``compile`` and the code's
     ``compile_dir`` / ``CompileDir`` share the id ``compile``. On the held-out stdlib splits this moves exact
-    TF-IDF over the model's tokens from 40.1 to 47.7 nDCG@10 and `make train` from 25.0 to 33.3 (200 steps;
+    TF-IDF over the model's tokens from 39.9 to 47.8 nDCG@10 and `make train` from 24.7 to 33.3 (182 steps;
     ``benchmarks/bench_lexical_ceiling.py``). transformers 5 loads any qwen2-config tokenizer as
     ``Qwen2Tokenizer`` and rebuilds Qwen's pipeline; ``models.backbone.load_tokenizer`` keeps this one."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
