@@ -78,3 +78,47 @@ def test_build_once_builds_each_spec_once_and_leaves_no_partial_build(tmp_path):
     killed.mkdir()
     build_once(tmp_path, "thing", {"k": 3}, build, log=lambda *_: None)
     assert not killed.exists()
+
+
+def test_idf_embedding_init_makes_the_untrained_mean_pool_an_idf_weighted_bag(corpus_dir, tmp_path):
+    """``embedding_init: idf`` + ``rms_norm_eps: 1``: each row's length is its token's IDF over the train
+    passages (counted here independently), and the pooled output of the untrained model is the IDF-weighted
+    mean of its tokens' rows. With Qwen2's eps every RMSNorm rescales each token to one length and the pool
+    weighs a frequent token like a rare one (the cosine below falls to 0.64)."""
+    import math
+
+    import torch
+
+    from reasoning_embed.data.jsonl import read_jsonl
+    from reasoning_embed.models.backbone import load_tokenizer
+    from reasoning_embed.models.encoder import build_encoder
+
+    spec = {**TINY, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "tokenizer": "bpe_code",
+            "residual_init_scale": 0.1, "embedding_init": "idf", "rms_norm_eps": 1.0}
+    built = tiny_backbone(tmp_path / "backbones" / "tiny_random", spec, corpus_dir)
+    tok = load_tokenizer(str(built))
+    passages = [p for f in sorted((corpus_dir / "train").glob("*.jsonl")) for row in read_jsonl(f)[0] for p in row.pos]
+    df: dict[int, int] = {}
+    for text in passages:
+        for i in set(tok(text, add_special_tokens=False)["input_ids"]):
+            df[i] = df.get(i, 0) + 1
+    idf = {i: math.log((len(passages) + 1) / (n + 0.5)) for i, n in df.items()}
+    rows = load_file(built / "model.safetensors")["model.embed_tokens.weight"].double()
+    ids = sorted(idf)
+    ratio = rows[ids].norm(dim=1) / torch.tensor([idf[i] for i in ids], dtype=torch.float64)
+    assert ratio.std() / ratio.mean() < 0.15  # N(0, 1) rows of 64 dims: ~9% spread around one constant
+    assert rows[ids].norm(dim=1).pow(2).mean().sqrt() / math.sqrt(64) <= 0.1 + 1e-6  # RMS <= IDF_INIT_RMS
+
+    enc = build_encoder({"path": str(built)}, pooling="mean", normalize=False)
+    frequent = max(ids, key=lambda i: df[i])
+    rare = [i for i in ids if df[i] == 1][:3]
+    token_ids = torch.tensor([[frequent, frequent, *rare]])  # IDF ~0.2 against ~8.4
+    with torch.no_grad():
+        pooled = enc(token_ids, torch.ones_like(token_ids))[0].double()
+    weighted = rows[token_ids[0]].mean(0)
+    assert torch.nn.functional.cosine_similarity(pooled, weighted, dim=0) > 0.99
+
+
+def test_an_unknown_embedding_init_is_refused_with_the_choices(corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"embedding_init must be one of \['normal', 'idf'\], got 'zeros'"):
+        tiny_backbone(tmp_path / "backbones" / "tiny_random", {**TINY, "embedding_init": "zeros"}, corpus_dir)

@@ -84,13 +84,13 @@ def test_recipe_line_names_what_differs_from_the_paper():
     assert recipe_line({}) == "recipe vs the paper: unchanged"
     toy = _compose("experiment=offline_default")
     diffs = recipe_differences(toy)
-    assert diffs["model.optimizer.lr"] == (1.0e-4, 2.0e-5) and diffs["model.temperature"] == (0.05, 0.02)
+    assert diffs["model.optimizer.lr"] == (1.0e-4, 2.0e-5) and diffs["model.temperature"] == (0.1, 0.02)
     assert diffs["model.embedding_lr_scale"] == (30.0, 1.0)
     assert diffs["encoder.max_query_length"] == (64, 512) and diffs["trainer.max_steps"] == (300, -1)
     assert diffs["trainer.max_epochs"] == (2, 1)
     assert diffs["trainer.precision"] == ("32-true", "bf16-mixed") and diffs["global batch"] == (32, 2048)
     line = recipe_line(diffs)
-    assert "model.optimizer.lr=0.0001 (paper 2e-05)" in line and "model.temperature=0.05 (paper 0.02)" in line
+    assert "model.optimizer.lr=0.0001 (paper 2e-05)" in line and "model.temperature=0.1 (paper 0.02)" in line
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -166,12 +166,13 @@ if __name__ == "__main__":  # python -m reasoning_embed.data.stdlib_corpus OUT_D
     print(build_stdlib_corpus(sys.argv[1] if len(sys.argv) > 1 else "outputs/data/stdlib", force=True))
 
 
-def corpus_texts(corpus_dir: str | Path, split: str = "train"):
-    """Every query text and positive passage of a built corpus split, file by file (sorted), row by row:
-    the plain text the tiny tokenizer and the foundry's pre-training read."""
+def corpus_texts(corpus_dir: str | Path, split: str = "train", queries: bool = True):
+    """Every query text (unless ``queries`` is false) and positive passage of a built corpus split, file by
+    file (sorted), row by row: the plain text the tiny tokenizer and the foundry's pre-training read."""
     from reasoning_embed.data.jsonl import read_jsonl
 
     for path in sorted((Path(corpus_dir) / split).glob("*.jsonl")):
         for row in read_jsonl(path)[0]:
-            yield row.query
+            if queries:
+                yield row.query
             yield from row.pos

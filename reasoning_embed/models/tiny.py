@@ -99,10 +99,41 @@ def qwen_tokenizer():
     return tok
 
 
+EMBEDDING_INITS = ("normal", "idf")
+IDF_INIT_RMS = 0.1  # the RMS of the rarest token's row (rows scale with IDF / max IDF)
+
+
+def token_idf(tok, texts) -> "torch.Tensor":
+    """Smoothed inverse document frequency of every id of ``tok`` over ``texts`` (BM25's form,
+    ``log((N + 1) / (df + 0.5))``): an id no text holds gets the largest value."""
+    import torch
+
+    df = torch.zeros(len(tok), dtype=torch.float64)
+    n = 0
+    for text in texts:
+        df[sorted(set(tok(text, add_special_tokens=False)["input_ids"]))] += 1
+        n += 1
+    return torch.log((n + 1) / (df + 0.5))
+
+
+def idf_embeddings(tok, corpus_dir: str | Path, hidden_size: int, seed: int):
+    """Token embedding rows ``N(0, 1) x IDF_INIT_RMS x idf / max idf`` with the IDF over the train split's
+    passages: mean-pooled, an untrained model is then a random projection of the IDF-weighted bag of tokens
+    (``benchmarks/bench_lexical_ceiling.py``'s ``tfidf-d<width>``), the lexical start training refines."""
+    import torch
+
+    from reasoning_embed.data.stdlib_corpus import corpus_texts
+
+    idf = token_idf(tok, corpus_texts(Path(corpus_dir), "train", queries=False))
+    rows = torch.randn(len(tok), hidden_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (rows * (IDF_INIT_RMS * idf / idf.max())[:, None]).float()
+
+
 def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int = 0, hidden_size: int = 128,
                         num_hidden_layers: int = 4, num_attention_heads: int = 4, num_key_value_heads: int = 2,
                         intermediate_size: int = 512, tokenizer: str = "bpe", vocab_size: int = 4096,
-                        variant: str = "base", residual_init_scale: float = 1.0, **_ignored) -> Path:
+                        variant: str = "base", residual_init_scale: float = 1.0, embedding_init: str = "normal",
+                        rms_norm_eps: float = 1e-6, **_ignored) -> Path:
     """Write a random-init tiny Qwen2 causal LM + tokenizer to ``out_dir`` (atomically: all or nothing).
 
     ``residual_init_scale`` multiplies the initial output projections of every block (attention ``o_proj``,
@@ -110,7 +141,13 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     token embedding to the residual stream, so at step 0 the last hidden state has largely lost which token
     it came from; scaled down (0.1), the untrained model is close to a bag of token embeddings (mean-pooled
     token identity, the signal lexical retrieval lives on) and training adds context from there, as the
-    scaled residual inits of GPT-2 and its successors do for depth."""
+    scaled residual inits of GPT-2 and its successors do for depth.
+
+    ``embedding_init``: ``normal`` (Qwen2's init) or ``idf`` (``idf_embeddings``: each token's row is a random
+    direction whose length is its IDF over the corpus' train passages, so the mean-pooled untrained model is a
+    random projection of the IDF-weighted bag of tokens). Every RMSNorm divides a token's state by its RMS, so a
+    mean pool weighs all tokens alike whatever their embedding lengths; ``rms_norm_eps`` 1 (Qwen2: 1e-6) with
+    rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear, so the weights survive the pool."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -121,9 +158,15 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads, max_position_embeddings=2048, tie_word_embeddings=True,
         rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        rms_norm_eps=rms_norm_eps,
     )
+    if embedding_init not in EMBEDDING_INITS:
+        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    if embedding_init == "idf":
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(idf_embeddings(tok, corpus_dir, hidden_size, seed))
     if residual_init_scale != 1.0:
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -134,6 +177,7 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
         tok.save_pretrained(tmp)
         (tmp / "foundry.json").write_text(json.dumps({
             "variant": variant, "how": "random init (no training); see reasoning_embed.models.tiny",
-            "seed": seed, "tokenizer": tokenizer, "residual_init_scale": residual_init_scale, "heldout_accuracy": None,
+            "seed": seed, "tokenizer": tokenizer, "residual_init_scale": residual_init_scale,
+            "embedding_init": embedding_init, "rms_norm_eps": rms_norm_eps, "heldout_accuracy": None,
         }, indent=2))
     return out_dir
