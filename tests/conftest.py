@@ -49,12 +49,18 @@ def micro_backbone(tmp_path_factory, corpus_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_code_backbone(tmp_path_factory, corpus_dir) -> Path:
-    """The micro backbone with the ``bpe_code`` tokenizer (lowercased, whitespace dropped), whose pipeline
-    transformers 5 replaces when it loads a qwen2-config tokenizer."""
+    """`make train`'s backbone (``conf/backbone/tiny_random.yaml``: the ``bpe_code`` tokenizer, whose pipeline
+    transformers 5 replaces when it loads a qwen2-config tokenizer, the IDF embedding init, near-linear
+    RMSNorms) at the micro backbone's size."""
+    from omegaconf import OmegaConf
+
+    from reasoning_embed import CONF_DIR
     from reasoning_embed.models.tiny import build_tiny_backbone
 
-    return build_tiny_backbone(tmp_path_factory.mktemp("bb") / "micro_code", corpus_dir, seed=0,
-                               **{**MICRO, "tokenizer": "bpe_code"})
+    tiny = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "backbone" / "tiny_random.yaml").tiny)
+    init = {k: tiny[k] for k in ("tokenizer", "residual_init_scale", "embedding_init", "rms_norm_eps")}
+    assert init["tokenizer"] == "bpe_code" and init["embedding_init"] == "idf"  # what this fixture stands for
+    return build_tiny_backbone(tmp_path_factory.mktemp("bb") / "micro_code", corpus_dir, seed=0, **{**MICRO, **init})
 
 
 @pytest.fixture
