@@ -9,6 +9,8 @@
    ``prompt_tokens`` rule (a first word that BPE merges into the prompt's trailing space is left out of the
    mean) and the ``offsets`` rule (it is kept), the same trained weights read both ways, and the share of
    queries whose first word the ``prompt_tokens`` rule drops.
+3. The run's own figure: nDCG@10 on the run's validation sample (``data.val_max_queries`` per file, drawn with
+   ``data.seed``) beside ``metrics.json``'s ``final_val``, which it must equal; (2) uses every query instead.
 """
 
 from __future__ import annotations
@@ -19,13 +21,27 @@ import os
 from pathlib import Path
 
 
-def held_out_sets(run: Path):
-    """The run's validation files (as ``data_report.json`` lists them), every query of each."""
+def held_out_sets(run: Path, max_queries: int | None = None, seed: int = 0):
+    """The run's validation files (as ``data_report.json`` lists them): every query of each, or the run's own
+    sample of ``max_queries`` per file drawn with ``seed`` (``data.val_max_queries``, ``data.seed``)."""
     from reasoning_embed.data.jsonl import read_jsonl
     from reasoning_embed.retrieval import retrieval_set_from_rows
 
     files = json.loads((run / "data_report.json").read_text())["val"]
-    return [retrieval_set_from_rows(Path(f).stem, read_jsonl(f)[0]) for f in files]
+    return [retrieval_set_from_rows(Path(f).stem, read_jsonl(f)[0], max_queries, seed) for f in files]
+
+
+def run_sample_ndcg(run: Path, encoder) -> tuple[float, float, str]:
+    """nDCG@10 on the run's own validation sample, the run's ``final_val`` figure, and how the sample was drawn."""
+    from omegaconf import OmegaConf
+
+    from reasoning_embed.retrieval import evaluate_retrieval
+
+    data = OmegaConf.load(run / ".hydra" / "config.yaml")
+    n, seed = data.data.val_max_queries, int(data.data.seed)
+    scores = [evaluate_retrieval(encoder, rs, 10)["ndcg@10"] for rs in held_out_sets(run, n, seed)]
+    final = json.loads((run / "metrics.json").read_text())["final_val"]["val/ndcg@10"]
+    return sum(scores) / len(scores), final, f"{n} queries per file, seed {seed}"
 
 
 def main():
@@ -75,6 +91,9 @@ def main():
         scores = [evaluate_retrieval(ours, rs, 10)["ndcg@10"] for rs in sets]
         ndcg[rule] = sum(scores) / len(scores)
     tok.prompt_boundary = settings["prompt_boundary"]
+    sample, final, how = run_sample_ndcg(run, ours)
+    print(f"held-out nDCG@10 on the run's own validation sample ({how}): {sample:.4f}, the run's final_val "
+          f"{final:.4f}; on every held-out query (below): the run's rule {ndcg[settings['prompt_boundary']]:.4f}")
     print(f"first word merged into the prompt (dropped by prompt_tokens): {merged}/{total} held-out queries "
           f"({100 * merged / max(total, 1):.0f}%)")
     print(f"held-out nDCG@10: prompt_tokens (first word out of the mean) {ndcg['prompt_tokens']:.4f}, "
@@ -84,7 +103,8 @@ def main():
             "run": str(run), "max_query_length": tok.max_query_length, "max_passage_length": tok.max_passage_length,
             "parity_max_abs_diff_queries": diff_q, "parity_max_abs_diff_passages": diff_p, "n_queries": n_q,
             "n_passages": n_p, "first_word_merged": merged, "queries": total, "ndcg@10": ndcg,
-            "trained_boundary": settings["prompt_boundary"]}, indent=2))
+            "trained_boundary": settings["prompt_boundary"], "ndcg@10_run_sample": sample,
+            "final_val_ndcg@10": final}, indent=2))
 
 
 if __name__ == "__main__":

@@ -54,8 +54,11 @@ def test_export_matches_the_framework_with_unequal_lengths(request, tmp_path, to
     prompt = enc.tokenizer.prompt(INSTRUCTION)
     assert st.prompts["query"] == prompt
     queries = _every_length(enc.tokenizer, 40, prompt) + ["sort", "x", "3 errors", "(a, b)"]
-    passages = _every_length(enc.tokenizer, 40)  # past the passage limit and the query limit
+    # past the passage limit and the query limit; an empty passage and one of whitespace only (bpe_code has no
+    # token for it) embed as the zero vector on both sides
+    passages = _every_length(enc.tokenizer, 40) + ["", " \n "]
     ours_q, ours_p = enc.encode(queries, INSTRUCTION), enc.encode(passages)
+    assert ours_p[-2].abs().max() == 0 and ours_p[:-2].norm(dim=1).min() > 0.99
     torch.testing.assert_close(st.encode_query(queries, convert_to_tensor=True), ours_q, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(st.encode_document(passages, convert_to_tensor=True), ours_p, atol=1e-5, rtol=1e-5)
     # a plain encode with the query prompt truncates at the longer limit: equal for every query within its limit

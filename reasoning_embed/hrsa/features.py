@@ -72,7 +72,7 @@ def tokenize(encoder, texts, max_length: int) -> list[list[int]]:
     an empty text stays empty (it has no row to compare)."""
     from reasoning_embed.models.encode import token_ids
 
-    return token_ids(encoder.tokenizer, list(texts), None, int(max_length), fill_empty=False)
+    return token_ids(encoder.tokenizer, list(texts), None, int(max_length))
 
 
 def compare_tokenizers(tok_a, tok_b, ids_a, ids_b) -> dict:

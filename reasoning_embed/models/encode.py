@@ -2,7 +2,7 @@
 
 Every embedding the project computes with its own encoder goes through here: ``Encoder.encode`` (training
 validation, the HRSA callback, mining references), the mteb adapter, and HRSA layer-wise extraction (which
-uses the pieces: :func:`token_ids`, :func:`length_batches`, :func:`pad_rows`).
+uses the pieces: :func:`token_ids`, :func:`fill_empty_rows`, :func:`length_batches`, :func:`pad_rows`).
 
 Grouping by token count (not characters, as sentence-transformers does) keeps a batch to texts of nearly
 equal length, so there is little padding even when code and prose of very different token counts mix.
@@ -18,22 +18,23 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 
-def token_ids(tokenizer, texts: Sequence[str], prompts: Sequence[str] | None = None, max_length: int = 512,
-              fill_empty: bool = True) -> list[list[int]]:
-    """Unpadded token ids of ``prompt + text`` per row, truncated to ``max_length``.
-
-    ``tokenizer`` is a TextTokenizer. With ``fill_empty`` an empty row (some corpora have empty documents)
-    reads one end-of-text token instead: a row with no attended token would pool to NaN or zero."""
-    hf = tokenizer.hf
+def token_ids(tokenizer, texts: Sequence[str], prompts: Sequence[str] | None = None,
+              max_length: int = 512) -> list[list[int]]:
+    """Unpadded token ids of ``prompt + text`` per row, truncated to ``max_length`` (``tokenizer`` is a
+    TextTokenizer); a row may be empty (an empty document, or whitespace a tokenizer drops)."""
     joined = list(texts) if prompts is None else [p + t for p, t in zip(prompts, texts)]
     if not joined:
         return []
-    ids = hf(joined, padding=False, truncation=True, max_length=int(max_length),
-             add_special_tokens=tokenizer.add_special_tokens)["input_ids"]
-    if fill_empty:
-        filler = hf.eos_token_id if hf.eos_token_id is not None else hf.pad_token_id
-        ids = [row if row else [filler] for row in ids]
-    return ids
+    return tokenizer.hf(joined, padding=False, truncation=True, max_length=int(max_length),
+                        add_special_tokens=tokenizer.add_special_tokens)["input_ids"]
+
+
+def fill_empty_rows(hf, ids: list[list[int]], prompt_lengths: Sequence[int]) -> tuple[list[list[int]], list[int]]:
+    """A row with no token reads one end-of-text token (a row with no attended token would pool to NaN) kept
+    out of the mean (prompt length 1), so it embeds as the zero vector: sentence-transformers embeds an empty
+    text so, and so does a query with no text token left after its instruction."""
+    filler = hf.eos_token_id if hf.eos_token_id is not None else hf.pad_token_id
+    return [row or [filler] for row in ids], [p if row else 1 for row, p in zip(ids, prompt_lengths)]
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -68,11 +69,12 @@ def model_inputs(encoder, texts: Sequence[str], instructions: Sequence[str | Non
     if is_query is None:
         is_query = instructions is not None
     if not is_query:
-        return token_ids(tok, texts, None, tok.max_passage_length), [0] * len(texts)
+        return fill_empty_rows(tok.hf, token_ids(tok, texts, None, tok.max_passage_length), [0] * len(texts))
     if instructions is None or isinstance(instructions, str):
         instructions = [instructions] * len(texts)
     prompts = [tok.prompt(i) for i in instructions]
-    return token_ids(tok, texts, prompts, tok.max_query_length), tok.prompt_lengths(prompts, texts)
+    return fill_empty_rows(tok.hf, token_ids(tok, texts, prompts, tok.max_query_length),
+                           tok.prompt_lengths(prompts, texts))
 
 
 def run_batches(encoder, ids: list[list[int]], prompt_lengths: Sequence[int], forward: Callable,

@@ -32,7 +32,7 @@ from reasoning_embed.utils.io import atomic_dir
 DEFAULT_INSTRUCTION = "Given a query, retrieve the most relevant passage from the given passage"
 SETTINGS_FILE = "reasoning_embed.json"
 ST_MODULES_FILE = "reasoning_embed_st.py"
-EMPTY_TEXT_RULE = "zero_vector"  # a query with no token after its instruction embeds as 0 (both sides)
+EMPTY_TEXT_RULE = "zero_vector"  # a text with no token (after its instruction, for a query) embeds as 0 (both sides)
 # the build_encoder keywords an export records
 _SETTINGS_KEYS = ("attention", "pooling", "normalize", "max_query_length", "max_passage_length", "query_template",
                   "add_special_tokens", "prompt_boundary")
