@@ -58,9 +58,9 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         instructions=OmegaConf.to_container(cfg.instructions, resolve=True), batch_size=int(cfg.batch_size),
         read=OmegaConf.to_container(cfg.read, resolve=True), device=cfg.device, search_backend=cfg.search_backend,
         show_progress=bool(cfg.show_progress), seed=int(cfg.seed))
-    from reasoning_embed.evaluation.summary import _fmt
+    from reasoning_embed.utils.fmt import fmt_number
 
-    print(f"Mean(Task) {_fmt(summary['mean_task'])}  Mean(Type) {_fmt(summary['mean_type'])}  "
+    print(f"Mean(Task) {fmt_number(summary['mean_task'], '.2f')}  Mean(Type) {fmt_number(summary['mean_type'], '.2f')}  "
           f"({summary['n_succeeded']} task(s) ran, {summary['n_failed']} failed) -> {Path(out_dir) / 'summary.md'}")
     return summary
 

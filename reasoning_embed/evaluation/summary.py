@@ -15,6 +15,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from reasoning_embed.utils.fmt import fmt_number
 from reasoning_embed.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -65,10 +66,6 @@ def build_summary(tasks: list[dict], failed: list[dict], meta: dict) -> dict:
     }
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
 def summary_markdown(summary: dict) -> str:
     lines = [f"# Evaluation: {summary.get('model', '?')} on {summary.get('benchmark', '?')}", ""]
     if summary["failed"]:
@@ -78,11 +75,11 @@ def summary_markdown(summary: dict) -> str:
     for t in summary["tasks"]:
         instr = (t.get("instruction") or "").replace("|", "\\|")
         source = t.get("instruction_source", "")
-        lines.append(f"| {t['task']} | {t['type']} | {_fmt(t['score'])} | {instr} ({source}) |")
+        lines.append(f"| {t['task']} | {t['type']} | {fmt_number(t['score'], '.2f')} | {instr} ({source}) |")
     lines += ["", "| Type | Tasks | Mean |", "|---|---:|---:|"]
     for typ, mean in summary["type_means"].items():
-        lines.append(f"| {typ} | {summary['type_counts'][typ]} | {_fmt(mean)} |")
-    lines += ["", f"- **Mean(Task)**: {_fmt(summary['mean_task'])}", f"- **Mean(Type)**: {_fmt(summary['mean_type'])}",
+        lines.append(f"| {typ} | {summary['type_counts'][typ]} | {fmt_number(mean, '.2f')} |")
+    lines += ["", f"- **Mean(Task)**: {fmt_number(summary['mean_task'], '.2f')}", f"- **Mean(Type)**: {fmt_number(summary['mean_type'], '.2f')}",
               f"- tasks: {summary['n_succeeded']} succeeded, {summary['n_failed']} failed", ""]
     lines.append(f"## Failed tasks ({summary['n_failed']})")
     lines.append("")

@@ -103,7 +103,7 @@ EMBEDDING_INITS = ("normal", "idf")
 IDF_INIT_RMS = 0.1  # the RMS of the rarest token's row (rows scale with IDF / max IDF)
 
 
-def token_idf(tok, texts) -> "torch.Tensor":
+def token_idf(tok, texts):
     """Smoothed inverse document frequency of every id of ``tok`` over ``texts`` (BM25's form,
     ``log((N + 1) / (df + 0.5))``): an id no text holds gets the largest value."""
     import torch

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from reasoning_embed.utils.fmt import fmt_number
+
 __all__ = ["backbone_hrsa", "backbone_specs", "render_hrsa_markdown", "summarize_hrsa"]
 
 log = logging.getLogger("reasoning_embed.report")
@@ -118,10 +120,6 @@ def summarize_hrsa(rep: dict) -> dict:
     return out
 
 
-def _fmt(x, spec=".3f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def render_hrsa_markdown(results: list[dict]) -> str:
     if not results:
         return ""
@@ -141,15 +139,15 @@ def render_hrsa_markdown(results: list[dict]) -> str:
         ci = r.get("cka_debiased_ci") or [None, None]
         pr = r.get("probe") or {}
         probe = (pr["skipped"] if "skipped" in pr else
-                 " / ".join(_fmt(pr.get(k), ".2f") for k in ("native", "raw_transfer", "aligned_transfer", "b_own",
+                 " / ".join(fmt_number(pr.get(k), ".2f") for k in ("native", "raw_transfer", "aligned_transfer", "b_own",
                                                              "chance")) + f" ({pr.get('n_test', 'n/a')})"
                  + (f" ⚠ {pr['warning']}" if pr.get("warning") else ""))
-        lines.append(f"| {r['backbone']} | {r['base']} | {_fmt(r['cka'])} "
-                     f"| {_fmt(r.get('cka_calibrated'))} ({_fmt(r.get('cka_tau'))}) "
-                     f"| {_fmt(r.get('cka_p'), '.3g')} | {_fmt(r.get('cka_debiased_stats'))} ({_fmt(ci[0])}, "
-                     f"{_fmt(ci[1])}) [{r.get('stats_rows', 'n/a')}] "
-                     f"| {_fmt(r.get('knn10'))} ({_fmt(r.get('knn10_chance'))}) | {_fmt(r.get('knn10_calibrated'))} "
-                     f"| {_fmt(r.get('procrustes_cosine_test'))} | {probe} |")
+        lines.append(f"| {r['backbone']} | {r['base']} | {fmt_number(r['cka'])} "
+                     f"| {fmt_number(r.get('cka_calibrated'))} ({fmt_number(r.get('cka_tau'))}) "
+                     f"| {fmt_number(r.get('cka_p'), '.3g')} | {fmt_number(r.get('cka_debiased_stats'))} ({fmt_number(ci[0])}, "
+                     f"{fmt_number(ci[1])}) [{r.get('stats_rows', 'n/a')}] "
+                     f"| {fmt_number(r.get('knn10'))} ({fmt_number(r.get('knn10_chance'))}) | {fmt_number(r.get('knn10_calibrated'))} "
+                     f"| {fmt_number(r.get('procrustes_cosine_test'))} | {probe} |")
     lines.append("")
     lines.append("Full per-layer results: `hrsa/<base>__vs__<backbone>/hrsa.json`.")
     return "\n".join(lines) + "\n"

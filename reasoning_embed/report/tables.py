@@ -10,6 +10,7 @@ from collections import defaultdict
 import numpy as np
 
 from reasoning_embed.report.stats import apply_holm, compare_seeds
+from reasoning_embed.utils.fmt import fmt_number
 
 __all__ = ["aggregates", "build_table", "render_csv", "render_markdown"]
 
@@ -114,10 +115,6 @@ def build_table(runs: list[dict], alpha: float = 0.05, n_boot: int = 10000, marg
     return table
 
 
-def _fmt_p(p) -> str:
-    return "n/a" if p is None or not np.isfinite(p) else f"{p:.3g}"
-
-
 def _comparison_lines(table: dict) -> list[str]:
     a, m = table["alpha"], table.get("margin", 1.0)
     lines = ["", f"## Backbone vs base: per-seed deltas of Mean(Task) (the seed is the unit; alpha = {a}, "
@@ -137,8 +134,8 @@ def _comparison_lines(table: dict) -> list[str]:
         per = ", ".join(f"{x:+.2f}" for x in d["per_seed_delta"])
         need = d["seeds_needed"]
         lines.append(f"{head} {d['n_seeds']} | {per} | {d['mean_delta']:+.2f} | [{d['ci_low']:+.2f}, "
-                     f"{d['ci_high']:+.2f}] | {_fmt_p(d['p_sign_flip'])} | {_fmt_p(d['p_min'])} | "
-                     f"{_fmt_p(d['p_holm'])} | {_fmt_p(d['p_tost_holm'])} | {need.get('difference') or 'n/a'} / "
+                     f"{d['ci_high']:+.2f}] | {fmt_number(d['p_sign_flip'], '.3g')} | {fmt_number(d['p_min'], '.3g')} | "
+                     f"{fmt_number(d['p_holm'], '.3g')} | {fmt_number(d['p_tost_holm'], '.3g')} | {need.get('difference') or 'n/a'} / "
                      f"{need.get('equivalence') or 'n/a'} | {d['verdict_text']} |")
     if table.get("empty_reason"):
         lines += ["", f"No comparison: {table['empty_reason']}"]
@@ -150,7 +147,7 @@ def _comparison_lines(table: dict) -> list[str]:
         for d in per_task:
             for t in d["per_task"]:
                 lines.append(f"| {d['backbone']} | {d['base']} | {d['finetune']} | {d['benchmark']} | {t['task']} | "
-                             f"{t['n_seeds']} | {t['mean_delta']:+.2f} | {_fmt_p(t['std_delta'])} |")
+                             f"{t['n_seeds']} | {t['mean_delta']:+.2f} | {fmt_number(t['std_delta'], '.3g')} |")
     return lines
 
 
