@@ -9,21 +9,15 @@ Concurrent builders (DDP ranks, parallel jobs) take a file lock: the first build
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from reasoning_embed.utils.hashing import spec_hash
 from reasoning_embed.utils.io import atomic_dir
 
 SPEC_FILE = "asset.json"
-
-
-def spec_hash(spec: dict) -> str:
-    """12 hex digits of the SHA-256 of the spec's canonical JSON."""
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _canonical(spec: dict) -> dict:

@@ -77,11 +77,9 @@ def val_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def _cache_key(name: str, vs, k: int) -> str:
-    import hashlib
-    import json
+    from reasoning_embed.utils.hashing import spec_hash
 
-    blob = json.dumps([name, k, vs.queries, vs.corpus, [sorted(q.items()) for q in vs.qrels]])
-    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    return f"{name}-{spec_hash([name, k, vs.queries, vs.corpus, [sorted(q.items()) for q in vs.qrels]])}"
 
 
 def baseline_metrics(val_sets, names=BASELINES, k: int = 10, cache_dir=None) -> dict[str, dict[str, float]]:

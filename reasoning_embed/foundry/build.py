@@ -10,13 +10,13 @@ depend on the machine's core count).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from reasoning_embed.utils.hashing import spec_hash
 from reasoning_embed.utils.io import atomic_dir, atomic_write_json
 
 VARIANTS = ("base", "rlvr", "sft")
@@ -220,7 +220,7 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
 
     cfg = merge(DEFAULTS, cfg)
     out, corpus_dir = Path(out), Path(corpus_dir)
-    triple_id = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    triple_id = spec_hash(cfg)
     prev_threads = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
