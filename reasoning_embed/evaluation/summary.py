@@ -79,7 +79,8 @@ def summary_markdown(summary: dict) -> str:
     lines += ["", "| Type | Tasks | Mean |", "|---|---:|---:|"]
     for typ, mean in summary["type_means"].items():
         lines.append(f"| {typ} | {summary['type_counts'][typ]} | {fmt_number(mean, '.2f')} |")
-    lines += ["", f"- **Mean(Task)**: {fmt_number(summary['mean_task'], '.2f')}", f"- **Mean(Type)**: {fmt_number(summary['mean_type'], '.2f')}",
+    lines += ["", f"- **Mean(Task)**: {fmt_number(summary['mean_task'], '.2f')}",
+              f"- **Mean(Type)**: {fmt_number(summary['mean_type'], '.2f')}",
               f"- tasks: {summary['n_succeeded']} succeeded, {summary['n_failed']} failed", ""]
     lines.append(f"## Failed tasks ({summary['n_failed']})")
     lines.append("")

@@ -139,14 +139,15 @@ def render_hrsa_markdown(results: list[dict]) -> str:
         ci = r.get("cka_debiased_ci") or [None, None]
         pr = r.get("probe") or {}
         probe = (pr["skipped"] if "skipped" in pr else
-                 " / ".join(fmt_number(pr.get(k), ".2f") for k in ("native", "raw_transfer", "aligned_transfer", "b_own",
-                                                             "chance")) + f" ({pr.get('n_test', 'n/a')})"
+                 " / ".join(fmt_number(pr.get(k), ".2f") for k in ("native", "raw_transfer", "aligned_transfer",
+                                                                   "b_own", "chance")) + f" ({pr.get('n_test', 'n/a')})"
                  + (f" ⚠ {pr['warning']}" if pr.get("warning") else ""))
         lines.append(f"| {r['backbone']} | {r['base']} | {fmt_number(r['cka'])} "
                      f"| {fmt_number(r.get('cka_calibrated'))} ({fmt_number(r.get('cka_tau'))}) "
-                     f"| {fmt_number(r.get('cka_p'), '.3g')} | {fmt_number(r.get('cka_debiased_stats'))} ({fmt_number(ci[0])}, "
-                     f"{fmt_number(ci[1])}) [{r.get('stats_rows', 'n/a')}] "
-                     f"| {fmt_number(r.get('knn10'))} ({fmt_number(r.get('knn10_chance'))}) | {fmt_number(r.get('knn10_calibrated'))} "
+                     f"| {fmt_number(r.get('cka_p'), '.3g')} | {fmt_number(r.get('cka_debiased_stats'))} "
+                     f"({fmt_number(ci[0])}, {fmt_number(ci[1])}) [{r.get('stats_rows', 'n/a')}] "
+                     f"| {fmt_number(r.get('knn10'))} ({fmt_number(r.get('knn10_chance'))}) "
+                     f"| {fmt_number(r.get('knn10_calibrated'))} "
                      f"| {fmt_number(r.get('procrustes_cosine_test'))} | {probe} |")
     lines.append("")
     lines.append("Full per-layer results: `hrsa/<base>__vs__<backbone>/hrsa.json`.")
