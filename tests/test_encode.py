@@ -59,10 +59,13 @@ def test_batches_are_grouped_by_token_count_not_characters(micro_encoder):
     assert widths == [lengths[0], lengths[2], lengths[4]]
 
 
-def test_empty_text_reads_one_token_not_nan(micro_encoder):
-    ids, _ = model_inputs(micro_encoder, ["", "hello"], None)
-    assert ids[0] == [micro_encoder.tokenizer.hf.eos_token_id]
-    assert torch.isfinite(micro_encoder.encode(["", "hello"], None)).all()
+def test_empty_text_reads_one_token_kept_out_of_the_mean(micro_encoder):
+    """No NaN from a row with no attended token, and no arbitrary vector either: the zero vector, as the
+    sentence-transformers export embeds an empty text."""
+    ids, prompt_lengths = model_inputs(micro_encoder, ["", "hello"], None)
+    assert ids[0] == [micro_encoder.tokenizer.hf.eos_token_id] and prompt_lengths == [1, 0]
+    emb = micro_encoder.encode(["", "hello"], None)
+    assert torch.isfinite(emb).all() and emb[0].abs().max() == 0 and emb[1].norm() == pytest.approx(1.0)
 
 
 def test_layers_are_mean_pooled_hidden_states(micro_encoder):
