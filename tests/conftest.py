@@ -55,10 +55,11 @@ def micro_code_backbone(tmp_path_factory, corpus_dir) -> Path:
     from omegaconf import OmegaConf
 
     from reasoning_embed import CONF_DIR
+    from reasoning_embed.assets.backbones import RANDOM_INIT_KEYS
     from reasoning_embed.models.tiny import build_tiny_backbone
 
     tiny = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "backbone" / "tiny_random.yaml").tiny)
-    init = {k: tiny[k] for k in ("tokenizer", "residual_init_scale", "embedding_init", "rms_norm_eps")}
+    init = {k: tiny[k] for k in ("tokenizer", *RANDOM_INIT_KEYS)}
     assert init["tokenizer"] == "bpe_code" and init["embedding_init"] == "idf"  # what this fixture stands for
     return build_tiny_backbone(tmp_path_factory.mktemp("bb") / "micro_code", corpus_dir, seed=0, **{**MICRO, **init})
 

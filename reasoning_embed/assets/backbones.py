@@ -19,7 +19,8 @@ from reasoning_embed.errors import BackboneNotAvailableError
 FOUNDRY_VARIANTS = ("base", "rlvr", "sft")
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
               "tokenizer", "vocab_size")
-RANDOM_INIT_KEYS = ("residual_init_scale", "embedding_init", "rms_norm_eps")  # random-init only (models.tiny.build_tiny_backbone)
+# random-init only (models.tiny.build_tiny_backbone)
+RANDOM_INIT_KEYS = ("residual_init_scale", "embedding_init", "rms_norm_eps")
 
 
 def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, log=print) -> Path:

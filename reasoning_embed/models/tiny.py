@@ -108,12 +108,11 @@ def token_idf(tok, texts):
     ``log((N + 1) / (df + 0.5))``): an id no text holds gets the largest value."""
     import torch
 
+    rows = tok(list(texts), add_special_tokens=False)["input_ids"]
     df = torch.zeros(len(tok), dtype=torch.float64)
-    n = 0
-    for text in texts:
-        df[sorted(set(tok(text, add_special_tokens=False)["input_ids"]))] += 1
-        n += 1
-    return torch.log((n + 1) / (df + 0.5))
+    for ids in rows:
+        df[sorted(set(ids))] += 1
+    return torch.log((len(rows) + 1) / (df + 0.5))
 
 
 def idf_embeddings(tok, corpus_dir: str | Path, hidden_size: int, seed: int):
@@ -151,6 +150,8 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
+    if embedding_init not in EMBEDDING_INITS:
+        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
     out_dir = Path(out_dir)
     tok = make_tokenizer(tokenizer, corpus_dir, vocab_size)
     config = Qwen2Config(
@@ -160,8 +161,6 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
         rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         rms_norm_eps=rms_norm_eps,
     )
-    if embedding_init not in EMBEDDING_INITS:
-        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if embedding_init == "idf":
