@@ -70,8 +70,8 @@ def _evaluate_at_end(cfg, encoder, output_dir: Path, loggers, step: int) -> dict
         flat.update({f"eval/{bench}/{t['task']}": t["score"] for t in summary.get("tasks", []) if t.get("score") is not None})
         for lg in loggers:
             lg.log_metrics({k: v for k, v in flat.items() if v is not None}, step=step)
-        log.info("%s: Mean(Task) %s, Mean(Type) %s (x100)", bench, fmt_number(summary.get("mean_task"), ".4f"),
-                 fmt_number(summary.get("mean_type"), ".4f"))
+        log.info("%s: Mean(Task) %s, Mean(Type) %s (x100)", bench, _num(summary.get("mean_task")),
+                 _num(summary.get("mean_type")))
     return results
 
 
@@ -216,26 +216,30 @@ def _metrics_writer(output_dir: Path, metrics: dict, is_rank_zero: bool):
     return write
 
 
+def _num(value) -> str:
+    """The one number format of the end-of-run lines: 4 decimals, ``n/a`` when missing or not finite."""
+    return fmt_number(value, ".4f")
+
+
 def _final_lines(metrics: dict, output_dir: Path) -> None:
     from reasoning_embed.training.spread import retrieval_got_worse
 
     initial, final = metrics["initial_val"], metrics["final_val"]
     before, after = initial.get("val/ndcg@10"), final.get("val/ndcg@10")
     if initial:
-        log.info("held-out nDCG@10: untrained %s -> trained %s", fmt_number(before, ".4f"), fmt_number(after, ".4f"))
+        log.info("held-out nDCG@10: untrained %s -> trained %s", _num(before), _num(after))
     for name, scores in metrics.get("baselines", {}).items():
-        log.info("held-out nDCG@10 of the %s baseline: %s", name, fmt_number(scores.get("val/ndcg@10"), ".4f"))
+        log.info("held-out nDCG@10 of the %s baseline: %s", name, _num(scores.get("val/ndcg@10")))
     if retrieval_got_worse(before, after):
         log.warning("training made held-out retrieval WORSE (nDCG@10 %s -> %s); the embeddings' mean pairwise "
                     "cosine went %s -> %s (they are bunching together): this model is not usable; lower the "
-                    "learning rate or raise the temperature", fmt_number(before, ".4f"), fmt_number(after, ".4f"),
-                    fmt_number(initial.get("val/spread/mean_cosine"), ".4f"),
-                    fmt_number(final.get("val/spread/mean_cosine"), ".4f"))
+                    "learning rate or raise the temperature", _num(before), _num(after),
+                    _num(initial.get("val/spread/mean_cosine")), _num(final.get("val/spread/mean_cosine")))
     if metrics.get("collapsed"):
         spread = metrics.get("embedding_spread", {})
         log.warning("the trained embeddings COLLAPSED (mean pairwise cosine %s, effective rank %s): retrieval "
                     "with this model is meaningless; lower the learning rate or raise the temperature",
-                    fmt_number(spread.get("mean_cosine"), ".4f"), fmt_number(spread.get("effective_rank"), ".4f"))
+                    _num(spread.get("mean_cosine")), _num(spread.get("effective_rank")))
     log.info("run directory: %s", output_dir)
 
 

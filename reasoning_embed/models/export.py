@@ -82,8 +82,8 @@ def needs_st_modules(encoder, hf_dir: Path, boundary: str) -> bool:
 
 
 def _ship_st_modules(st_dir: Path) -> None:
-    """Under ``offsets`` or a replaced tokenizer pipeline: copy the module file next to the model and point modules.json at it, so the export
-    loads (``trust_remote_code=True``) where reasoning_embed is not installed."""
+    """Under ``offsets`` or a replaced tokenizer pipeline: copy the module file next to the model and point
+    modules.json at it, so the export loads (``trust_remote_code=True``) where reasoning_embed is not installed."""
     from reasoning_embed.models import st_modules
 
     shutil.copyfile(st_modules.__file__, st_dir / ST_MODULES_FILE)
