@@ -14,8 +14,9 @@ from reasoning_embed.foundry.grpo import group_advantages, grpo_loss, k3_kl
 from reasoning_embed.foundry.problems import (KINDS, Problem, all_problems, heldout_eval_set, lenient_answer,
                                               problems, reward, split_of)
 
+# the foundry's model (DEFAULTS: bpe_code, IDF init, a lexical channel) at micro size
 MICRO_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                   intermediate_size=64, tokenizer="bpe", vocab_size=600)
+                   intermediate_size=64, vocab_size=600, lexical_dims=20)
 MICRO_CFG = {
     "seed": 3, "threads": 1, "model": MICRO_MODEL,
     "pretrain": {"steps": 3, "batch_size": 4, "block_size": 32, "warmup": 1, "stdlib_chars": 20_000,
@@ -239,3 +240,96 @@ def test_tiny_backbones_are_cached_by_spec_and_keep_the_random_init_fast_path(mi
     assert meta["heldout_accuracy"] is None and "random init" in meta["how"]
     assert fast.parent == tmp_path and fast.name.startswith("tiny_sft-")
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [fast.name]  # only what was asked is built
+
+
+# ---------------------------------------------------------------- the lexical-channel base and bpe_code formats
+def test_reward_reads_bpe_code_completions_as_decoded(micro_corpus):
+    """bpe_code decodes " Answer: 7" as "answer:7" (lowercased, no whitespace); the reward and the lenient
+    reading follow the tokenizer, so a bpe_code triple is held to the same rule as a bpe one."""
+    from reasoning_embed.foundry.problems import AnswerFormat
+    from reasoning_embed.models.tiny import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(micro_corpus, 600, "bpe_code")
+    fmt = AnswerFormat.for_tokenizer(tok)
+
+    def decoded(text):
+        return tok.decode(tok(text, add_special_tokens=False)["input_ids"])
+
+    assert decoded(" Answer: 7") == "answer:7" and reward(decoded(" Answer: 7"), "7") == 0.0   # the plain reading fails
+    for k in KINDS:
+        for p in all_problems(k)[:: max(1, len(all_problems(k)) // 20)]:
+            assert fmt.reward(decoded(p.direct_completion), p.answer) == 1.0
+            assert fmt.reward(decoded(p.worked_solution), p.answer) == 1.0, decoded(p.worked_solution)
+            assert fmt.reward(decoded(f" The answer is {p.answer}."), p.answer) == 0.0     # strict
+            assert fmt.lenient(decoded(f" The answer is {p.answer}.")) == fmt.normalize(p.answer)
+    assert fmt.reward(decoded(" Answer: 17"), "7") == 0.0 and fmt.reward(decoded(" Answer: 7 Question"), "7") == 0.0
+    assert fmt.reward("", "7") == 0.0 and fmt.lenient(decoded(" 7")) is None
+    assert AnswerFormat.for_tokenizer(train_bpe_tokenizer(micro_corpus, 600, "bpe")).answer_re.pattern == PLAIN_PATTERN
+
+
+PLAIN_PATTERN = r"Answer:[ \t]*([^\n]*)"
+
+
+def test_expose_leaves_every_logit_and_scales_the_channel():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from reasoning_embed.foundry.lexical import expose
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).eval()
+    x = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        before = model(input_ids=x, output_hidden_states=True)
+        expose(model, 6, 8.0)
+        after = model(input_ids=x, output_hidden_states=True)
+    assert torch.allclose(before.logits, after.logits, atol=1e-5)
+    h0, h1 = before.hidden_states[-1], after.hidden_states[-1]
+    assert torch.allclose(h1[..., -6:], 8.0 * h0[..., -6:], atol=1e-5) and torch.equal(h1[..., :-6], h0[..., :-6])
+    with pytest.raises(ValueError, match="lexical_dims"):
+        expose(model, 16, 2.0)
+    with pytest.raises(ValueError, match="untied"):
+        expose(Qwen2ForCausalLM(Qwen2Config(**{**config.to_dict(), "tie_word_embeddings": True})), 6, 2.0)
+
+
+def test_lexical_channel_is_held_while_the_triple_is_a_language_model(micro_corpus, tmp_path):
+    """With model.lexical_dims the base's channel is the IDF init after pre-training, its final-norm gain is
+    lexical_gain; no block of base, rlvr or sft writes it; RLVR and SFT train the rest, embeddings included."""
+    from safetensors.torch import load_file
+
+    from reasoning_embed.foundry import build_triple
+    from reasoning_embed.models.backbone import load_tokenizer
+    from reasoning_embed.models.tiny import idf_embeddings
+
+    build_triple(tmp_path, micro_corpus, {**MICRO_CFG, "model": {**MICRO_MODEL, "lexical_gain": 16.0}},
+                 progress=False, log=lambda *_: None)
+    w = {v: load_file(tmp_path / f"tiny_{v}" / "model.safetensors") for v in ("base", "rlvr", "sft")}
+    tok = load_tokenizer(str(tmp_path / "tiny_base"))
+    init = idf_embeddings(tok, micro_corpus, 32, 3)
+    emb = w["base"]["model.embed_tokens.weight"]
+    assert torch.equal(emb[:, -20:], init[:, -20:]) and not torch.equal(emb[:, :-20], init[:, :-20])
+    assert torch.all(w["base"]["model.norm.weight"][-20:] == 16.0)
+    assert not torch.equal(w["base"]["lm_head.weight"], emb)                                  # untied
+    for v, weights in w.items():
+        for name, p in weights.items():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                assert torch.all(p[-20:] == 0) and p[:-20].abs().sum() > 0, (v, name)
+    assert not torch.equal(w["sft"]["model.embed_tokens.weight"][:, -20:], emb[:, -20:])      # trained by SFT
+
+
+def test_foundry_config_and_backbone_configs_name_the_defaults_triple():
+    """`python -m reasoning_embed.foundry` (conf/foundry.yaml) builds the triple `backbone=tiny_*` reads: both state
+    foundry.build.DEFAULTS, so a change to one that misses the others fails here, not as a silent second build."""
+    from omegaconf import OmegaConf
+
+    from reasoning_embed import CONF_DIR
+    from reasoning_embed.assets.backbones import LEXICAL_KEYS, MODEL_KEYS, RANDOM_INIT_KEYS, backbone_config
+    from reasoning_embed.foundry.__main__ import build_cfg
+    from reasoning_embed.foundry.build import DEFAULTS
+
+    assert build_cfg(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "foundry.yaml"))) == DEFAULTS
+    for v in ("base", "rlvr", "sft"):
+        tiny = backbone_config(f"tiny_{v}")["tiny"]
+        assert {k: tiny[k] for k in (*MODEL_KEYS, *RANDOM_INIT_KEYS, *LEXICAL_KEYS)} == DEFAULTS["model"], v
+        assert tiny["seed"] == DEFAULTS["seed"] and tiny["variant"] == v and tiny["foundry"] is True

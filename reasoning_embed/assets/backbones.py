@@ -19,8 +19,10 @@ from reasoning_embed.errors import BackboneNotAvailableError
 FOUNDRY_VARIANTS = ("base", "rlvr", "sft")
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
               "tokenizer", "vocab_size")
-# random-init only (models.tiny.build_tiny_backbone)
+# the init (models.tiny.tiny_model): the random-init builder's and the foundry's base's
 RANDOM_INIT_KEYS = ("residual_init_scale", "embedding_init", "rms_norm_eps")
+# the foundry's only: the base's lexical channel through pre-training (foundry/lexical.py)
+LEXICAL_KEYS = ("lexical_dims", "lexical_gain")
 
 
 def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, log=print) -> Path:
@@ -32,11 +34,13 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
                                         f"(the stdlib corpus its tokenizer is trained on)")
     corpus = stdlib_corpus(corpus_dir)
     model = {k: tiny[k] for k in MODEL_KEYS if k in tiny}
-    init = {k: tiny[k] for k in RANDOM_INIT_KEYS if k in tiny}  # the random-init builder's only (not the foundry's)
+    init = {k: tiny[k] for k in RANDOM_INIT_KEYS if k in tiny}
     base = {"package": package_identity(), "corpus": corpus_identity(corpus)}
     target = Path(path)
     if bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS:
-        cfg = {"model": model, "seed": int(tiny.get("seed", 0)), **(tiny.get("foundry_overrides") or {})}
+        lexical = {k: tiny[k] for k in LEXICAL_KEYS if k in tiny}
+        cfg = {"model": {**model, **init, **lexical}, "seed": int(tiny.get("seed", 0)),
+               **(tiny.get("foundry_overrides") or {})}
         log(f"[reasoning-embed] tiny_{variant}: the foundry's base/rlvr/sft triple (built once, offline, ~5 min "
             f"on one CPU core if missing; python -m reasoning_embed.foundry)")
         return foundry_triple(target.parent, corpus, cfg, log=log) / f"tiny_{variant}"

@@ -23,8 +23,9 @@ VARIANTS = ("base", "rlvr", "sft")
 DEFAULTS = {
     "seed": 0,
     "threads": 1,
-    "model": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 512, "tokenizer": "bpe", "vocab_size": 4096},
+    "model": {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 256, "tokenizer": "bpe_code", "vocab_size": 4096, "residual_init_scale": 0.1,
+              "embedding_init": "idf", "rms_norm_eps": 1.0, "lexical_dims": 192, "lexical_gain": 256.0},
     "problems": {"kinds": ["add", "sub", "max", "parity"], "heldout_fraction": 0.25},
     "pretrain": {"steps": 700, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
                  "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000,
@@ -97,21 +98,17 @@ def _data(cfg: dict, corpus_dir: Path, clock: _StageClock):
     return tok, eval_set, lm_blocks, blocks
 
 
-def _base_model(tok, m: dict, seed: int):
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def _base_model(tok, m: dict, seed: int, corpus_dir: Path):
+    """The base before pre-training (``models.tiny.tiny_model``); untied when it carries a lexical channel."""
+    from reasoning_embed.models.tiny import tiny_model
 
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
-        num_hidden_layers=m["num_hidden_layers"], num_attention_heads=m["num_attention_heads"],
-        num_key_value_heads=m["num_key_value_heads"], max_position_embeddings=2048, tie_word_embeddings=True,
-        rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+            "residual_init_scale", "embedding_init", "rms_norm_eps")
+    return tiny_model(tok, corpus_dir, seed=seed, tie_word_embeddings=not m["lexical_dims"], **{k: m[k] for k in keys})
 
 
-def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageClock, progress: bool):
+def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageClock, progress: bool,
+                    corpus_dir: Path):
     """Pre-train base, then GRPO (rlvr) and SFT (sft) from it with matched optimizer steps.
     Returns ({variant: model}, {variant: {"train": ..., "eval": (accuracy dict, LM loss)}})."""
     import torch
@@ -119,12 +116,14 @@ def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageCl
 
     from reasoning_embed.foundry.evaluate import heldout_accuracy, lm_loss
     from reasoning_embed.foundry.grpo import grpo_train
+    from reasoning_embed.foundry.lexical import HeldChannel, expose
     from reasoning_embed.foundry.pretrain import pretrain
     from reasoning_embed.foundry.problems import train_sampler
     from reasoning_embed.foundry.sft import sft_train
 
     seed, kinds, hf = int(cfg["seed"]), list(cfg["problems"]["kinds"]), cfg["problems"]["heldout_fraction"]
-    base = _base_model(tok, cfg["model"], seed)
+    base = _base_model(tok, cfg["model"], seed, corpus_dir)
+    lexical = cfg["model"]["lexical_dims"]
     total = cfg["pretrain"]["steps"] + 2 * cfg["grpo"]["steps"] * cfg["grpo"]["ppo_epochs"]
     bar = tqdm(total=total, desc="foundry", unit="step", disable=not progress, file=sys.stderr,
                mininterval=2.0, dynamic_ncols=True)
@@ -142,14 +141,16 @@ def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageCl
         return acc, loss
 
     t0 = clock.start()
-    pre = pretrain(base, blocks, cfg["pretrain"], seed, progress=bar)
+    pre = pretrain(base, blocks, cfg["pretrain"], seed, progress=bar,
+                   after_step=HeldChannel(base, lexical) if lexical else None)
     clock.stop("pretrain", t0)
     results["base"] = {"train": pre, "eval": evaluate(base, "base")}
 
     t0 = clock.start()
     rlvr = copy.deepcopy(base)
     torch.manual_seed(seed + 1)
-    rl = grpo_train(rlvr, base, tok, train_sampler(kinds, seed, hf), cfg["grpo"], seed + 1, progress=bar)
+    rl = grpo_train(rlvr, base, tok, train_sampler(kinds, seed, hf), cfg["grpo"], seed + 1, progress=bar,
+                    after_step=HeldChannel(rlvr, lexical, pretraining=False) if lexical else None)
     clock.stop("rlvr", t0)
     results["rlvr"] = {"train": rl, "eval": evaluate(rlvr, "rlvr")}
 
@@ -158,11 +159,15 @@ def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageCl
     for p in sft_model.parameters():
         p.requires_grad_(True)
     sf = sft_train(sft_model, tok, train_sampler(kinds, seed, hf), cfg["sft"], rl["optimizer_steps"], seed + 2,
-                   progress=bar)
+                   progress=bar, after_step=HeldChannel(sft_model, lexical, pretraining=False) if lexical else None)
     clock.stop("sft", t0)
     results["sft"] = {"train": sf, "eval": evaluate(sft_model, "sft")}
     bar.close()
-    return {"base": base, "rlvr": rlvr, "sft": sft_model}, results
+    models = {"base": base, "rlvr": rlvr, "sft": sft_model}
+    if lexical:  # after RLVR and SFT, which train the language model as pre-training left it (the logits are unchanged)
+        for model in models.values():
+            expose(model, lexical, cfg["model"]["lexical_gain"])
+    return models, results
 
 
 _HOW = {"base": "causal-LM pre-training (stdlib text + arithmetic facts + Q/A-format arithmetic)",
@@ -227,7 +232,7 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
     clock = _StageClock(log)
     try:
         tok, eval_set, lm_blocks, blocks = _data(cfg, corpus_dir, clock)
-        models, results = _train_variants(cfg, tok, eval_set, lm_blocks, blocks, clock, progress)
+        models, results = _train_variants(cfg, tok, eval_set, lm_blocks, blocks, clock, progress, corpus_dir)
         metas = _write_triple(out, tok, models, results, cfg, triple_id, clock)
         log(f"[foundry] total {clock.wall['total']:.1f} s wall, {clock.cpu['total']:.1f} s CPU "
             f"-> {out}/tiny_{{base,rlvr,sft}}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reasoning_embed.foundry.problems import Problem, lenient_answer, reward
+from reasoning_embed.foundry.problems import AnswerFormat, Problem
 from reasoning_embed.foundry.sampling import decode
 from reasoning_embed.utils.stats import wilson_interval
 
@@ -16,6 +16,7 @@ def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int = 
     ``lenient_accuracy`` also counts the right answer in the prose format (``the answer is 7``) on the first
     line: what the model knows, whatever format it answers in (a superset of the strict hits)."""
     model.eval()
+    fmt = AnswerFormat.for_tokenizer(tok)
     correct, lenient, per_kind, examples = 0, 0, {}, []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
@@ -23,9 +24,9 @@ def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int = 
         comp, mask = decode(model, prompts, tok.eos_token_id, tok.pad_token_id, max_new_tokens, greedy=True)
         for p, c, m in zip(chunk, comp, mask):
             text = tok.decode(c[m.bool()].tolist(), skip_special_tokens=True)
-            r = reward(text, p.answer)
+            r = fmt.reward(text, p.answer)
             correct += int(r)
-            lenient += int(r == 1.0 or lenient_answer(text) == p.answer)
+            lenient += int(r == 1.0 or fmt.lenient(text) == fmt.normalize(p.answer).strip())
             k = per_kind.setdefault(p.kind, [0, 0])
             k[0] += int(r)
             k[1] += 1

@@ -6,8 +6,9 @@ where the paper leaves a choice):
 
 - per step, ``prompts_per_step`` training-split problems; for each, ``group_size`` completions sampled
   from the current policy (temperature ``temperature``);
-- exact reward (``problems.reward``); group-relative advantage ``A = (r - mean_g r) / (std_g r + eps)``
-  (unbiased std, as TRL); a group whose rewards are all equal has A = 0 and contributes only the KL term;
+- exact reward (``problems.AnswerFormat.reward``, on the text the tokenizer decodes); group-relative
+  advantage ``A = (r - mean_g r) / (std_g r + eps)`` (unbiased std, as TRL); a group whose rewards are all
+  equal has A = 0 and contributes only the KL term;
 - clipped surrogate ``min(rho A, clip(rho, 1-e, 1+e) A)`` per completion token, with rho the ratio to the
   sampling policy (``ppo_epochs`` updates per batch; with 1 it is REINFORCE with a group baseline);
 - a KL penalty to the frozen base, k3 estimator ``exp(q - p) - (q - p) - 1`` (p = policy, q = reference
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from reasoning_embed.foundry.problems import reward
+from reasoning_embed.foundry.problems import AnswerFormat
 from reasoning_embed.foundry.sampling import completion_logprobs, decode
 
 
@@ -49,8 +50,9 @@ def grpo_loss(logp, old_logp, ref_logp, adv, mask, clip_eps: float = 0.2, beta: 
     return per_seq.mean(), mean_kl
 
 
-def grpo_train(policy, reference, tok, sampler, cfg: dict, seed: int, progress=None) -> dict:
-    """Run ``cfg['steps']`` GRPO optimizer steps (x ``ppo_epochs``); returns counts and a reward trace."""
+def grpo_train(policy, reference, tok, sampler, cfg: dict, seed: int, progress=None, after_step=None) -> dict:
+    """Run ``cfg['steps']`` GRPO optimizer steps (x ``ppo_epochs``); returns counts and a reward trace.
+    ``after_step()`` runs after every optimizer step (``foundry.lexical.HeldChannel``)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     P, G = cfg["prompts_per_step"], cfg["group_size"]
@@ -58,6 +60,7 @@ def grpo_train(policy, reference, tok, sampler, cfg: dict, seed: int, progress=N
     for p in reference.parameters():
         p.requires_grad_(False)
     trace, tokens_trained, tokens_seen, opt_steps = [], 0, 0, 0
+    reward = AnswerFormat.for_tokenizer(tok).reward
     for step in range(cfg["steps"]):
         batch = [next(sampler) for _ in range(P)]
         prompts = [tok(p.prompt, add_special_tokens=False)["input_ids"] for p in batch for _ in range(G)]
@@ -79,6 +82,8 @@ def grpo_train(policy, reference, tok, sampler, cfg: dict, seed: int, progress=N
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
+            if after_step is not None:
+                after_step()
             opt_steps += 1
         tokens_trained += int(mask.sum())
         tokens_seen += int(mask.sum()) + sum(len(p) for p in prompts)

@@ -108,8 +108,9 @@ def heldout_text_blocks(tok, corpus_dir: Path, n_blocks: int, block: int) -> tor
     return blocks[:n_blocks]
 
 
-def pretrain(model, blocks: torch.Tensor, cfg: dict, seed: int, progress=None) -> dict:
-    """Plain next-token training; returns steps, tokens and the final (smoothed) training loss."""
+def pretrain(model, blocks: torch.Tensor, cfg: dict, seed: int, progress=None, after_step=None) -> dict:
+    """Plain next-token training; returns steps, tokens and the final (smoothed) training loss.
+    ``after_step()`` runs after every optimizer step (``foundry.lexical.HeldChannel``)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
     steps, bs = cfg["steps"], cfg["batch_size"]
@@ -129,6 +130,8 @@ def pretrain(model, blocks: torch.Tensor, cfg: dict, seed: int, progress=None) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
+        if after_step is not None:
+            after_step()
         tokens += x.numel()
         lv = loss.item()
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv

@@ -11,7 +11,8 @@ Every problem is in exactly one split, ``train`` or ``heldout`` (a hash of its k
 held-out accuracy measures problems never trained on in any stage. ``worked_solution`` is the text SFT
 trains on; ``fact_text`` is the prose the base model sees during pre-training (the knowledge, without
 the question/answer format). The reward is exact: the first ``Answer:`` in the completion, up to the
-end of its line, stripped, must equal the answer string.
+end of its line, stripped, must equal the answer string, read in the text the model's tokenizer decodes
+(``AnswerFormat``: ``bpe_code`` writes `` Answer: 7`` back as ``answer:7``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ import re
 from dataclasses import dataclass
 
 KINDS = ("add", "sub", "max", "parity")
-ANSWER_RE = re.compile(r"Answer:[ \t]*([^\n]*)")
-# any-format reading, for the lenient accuracy only: "Answer: 7" or "... the answer is 7."
-LENIENT_RE = re.compile(r"(?:Answer:|[Tt]he answer is)[ \t]*([A-Za-z0-9-]+)")
 
 
 def answer_line(answer: str) -> str:
@@ -136,21 +134,43 @@ def train_sampler(kinds=KINDS, seed: int = 0, heldout_fraction: float = 0.25):
         yield rng.choice(pools[rng.choice(list(kinds))])
 
 
-def extract_answer(completion: str) -> str | None:
-    """The text after the first ``Answer:`` up to the end of that line, stripped; None when absent."""
-    m = ANSWER_RE.search(completion)
-    return m.group(1).strip() if m else None
+class AnswerFormat:
+    """The reward's reading of a completion, in the text a tokenizer decodes back.
+
+    ``normalize`` is what a round trip through the tokenizer does to text (``for_tokenizer``): the identity for
+    the Qwen-pipeline BPE, lowercasing and dropping whitespace for ``bpe_code``, which decodes `` Answer: 7``
+    as ``answer:7``. The markers (``Answer:``, ``the answer is``) are normalized the same way, so a model
+    trained on either tokenizer is held to the same rule: the first ``Answer:`` up to the end of its line
+    (for ``bpe_code``, which has no line breaks, the end of the completion) must be exactly the answer."""
+
+    def __init__(self, normalize=None):
+        self.normalize = normalize or (lambda text: text)
+        answer = re.escape(self.normalize("Answer:").strip())
+        prose = "|".join(sorted({re.escape(self.normalize(f" {t} answer is").strip()) for t in ("The", "the")}))
+        self.answer_re = re.compile(answer + r"[ \t]*([^\n]*)")
+        self.lenient_re = re.compile(f"(?:{answer}|{prose})" + r"[ \t]*([A-Za-z0-9-]+)")
+
+    @classmethod
+    def for_tokenizer(cls, tok) -> AnswerFormat:
+        return cls(lambda text: tok.decode(tok(text, add_special_tokens=False)["input_ids"]))
+
+    def extract(self, completion: str) -> str | None:
+        """The text after the first ``Answer:`` up to the end of that line, stripped; None when absent."""
+        m = self.answer_re.search(completion)
+        return m.group(1).strip() if m else None
+
+    def lenient(self, completion: str) -> str | None:
+        """The first word after ``Answer:`` or ``the answer is`` in the completion's first line; None when absent.
+
+        Not the reward: it measures whether the model *knows* the answer whatever format it writes it in."""
+        m = self.lenient_re.search(completion.split("\n", 1)[0])
+        return m.group(1) if m else None
+
+    def reward(self, completion: str, answer: str) -> float:
+        """1.0 iff the first ``Answer:`` line of ``completion`` is exactly ``answer`` (after stripping), else 0.0."""
+        got = self.extract(completion)
+        return 1.0 if got is not None and got == self.normalize(answer).strip() else 0.0
 
 
-def lenient_answer(completion: str) -> str | None:
-    """The first word after ``Answer:`` or ``the answer is`` in the completion's first line; None when absent.
-
-    Not the reward: it measures whether the model *knows* the answer whatever format it writes it in."""
-    m = LENIENT_RE.search(completion.split("\n", 1)[0])
-    return m.group(1) if m else None
-
-
-def reward(completion: str, answer: str) -> float:
-    """1.0 iff the first ``Answer:`` line of ``completion`` is exactly ``answer`` (after stripping), else 0.0."""
-    got = extract_answer(completion)
-    return 1.0 if got is not None and got == answer else 0.0
+PLAIN = AnswerFormat()  # text as written (the Qwen-pipeline BPE decodes it back unchanged)
+extract_answer, lenient_answer, reward = PLAIN.extract, PLAIN.lenient, PLAIN.reward

@@ -14,7 +14,8 @@ import torch
 from reasoning_embed.foundry.sampling import completion_logprobs, left_pad
 
 
-def sft_train(model, tok, sampler, cfg: dict, steps: int, seed: int, progress=None) -> dict:
+def sft_train(model, tok, sampler, cfg: dict, steps: int, seed: int, progress=None, after_step=None) -> dict:
+    """``steps`` optimizer steps on worked solutions; ``after_step()`` runs after each (``foundry.lexical``)."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     tokens_trained, tokens_seen, ema = 0, 0, None
@@ -32,6 +33,8 @@ def sft_train(model, tok, sampler, cfg: dict, steps: int, seed: int, progress=No
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if after_step is not None:
+            after_step()
         tokens_trained += int(mask.sum())
         tokens_seen += int(mask.sum()) + sum(len(p) for p in prompts)
         lv = loss.item()

@@ -147,30 +147,14 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     random projection of the IDF-weighted bag of tokens). Every RMSNorm divides a token's state by its RMS, so a
     mean pool weighs all tokens alike whatever their embedding lengths; ``rms_norm_eps`` 1 (Qwen2: 1e-6) with
     rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear, so the weights survive the pool."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     if embedding_init not in EMBEDDING_INITS:
         raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
     out_dir = Path(out_dir)
     tok = make_tokenizer(tokenizer, corpus_dir, vocab_size)
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, max_position_embeddings=2048, tie_word_embeddings=True,
-        rope_theta=10000.0, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        rms_norm_eps=rms_norm_eps,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    if embedding_init == "idf":
-        with torch.no_grad():
-            model.get_input_embeddings().weight.copy_(idf_embeddings(tok, corpus_dir, hidden_size, seed))
-    if residual_init_scale != 1.0:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith(("o_proj.weight", "down_proj.weight")):
-                    param.mul_(residual_init_scale)
+    model = tiny_model(tok, corpus_dir, seed=seed, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                       num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                       intermediate_size=intermediate_size, residual_init_scale=residual_init_scale,
+                       embedding_init=embedding_init, rms_norm_eps=rms_norm_eps)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -180,3 +164,36 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
             "embedding_init": embedding_init, "rms_norm_eps": rms_norm_eps, "heldout_accuracy": None,
         }, indent=2))
     return out_dir
+
+
+def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_hidden_layers: int,
+               num_attention_heads: int, num_key_value_heads: int, intermediate_size: int,
+               residual_init_scale: float = 1.0, embedding_init: str = "normal", rms_norm_eps: float = 1e-6,
+               tie_word_embeddings: bool = True):
+    """A freshly initialised ``Qwen2ForCausalLM`` for ``tok`` (the init ``build_tiny_backbone`` documents);
+    the foundry pre-trains its base from the same init."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    if embedding_init not in EMBEDDING_INITS:
+        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads, max_position_embeddings=2048,
+        tie_word_embeddings=tie_word_embeddings, rope_theta=10000.0, bos_token_id=None,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, rms_norm_eps=rms_norm_eps,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if embedding_init == "idf":
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(idf_embeddings(tok, corpus_dir, hidden_size, seed))
+            if not tie_word_embeddings:  # the untied head starts as the tied one would
+                model.get_output_embeddings().weight.copy_(model.get_input_embeddings().weight)
+    if residual_init_scale != 1.0:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    param.mul_(residual_init_scale)
+    return model
