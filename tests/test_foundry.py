@@ -318,6 +318,21 @@ def test_lexical_channel_is_held_while_the_triple_is_a_language_model(micro_corp
     assert not torch.equal(w["sft"]["model.embed_tokens.weight"][:, -20:], emb[:, -20:])      # trained by SFT
 
 
+def test_a_channel_the_build_cannot_make_is_refused_before_training(micro_corpus, tmp_path, monkeypatch):
+    import reasoning_embed.foundry.pretrain as pretrain_module
+    from reasoning_embed.foundry import build_triple
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("pre-training started with a channel the build cannot make")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", no_training)
+    for bad, match in (({"lexical_dims": 32}, "lexical_dims must be 0"), ({"lexical_gain": 0.0}, "lexical_gain")):
+        with pytest.raises(ValueError, match=match):
+            build_triple(tmp_path, micro_corpus, {**MICRO_CFG, "model": {**MICRO_MODEL, **bad}}, progress=False,
+                         log=lambda *_: None)
+    assert not any(tmp_path.iterdir())
+
+
 def test_foundry_config_and_backbone_configs_name_the_defaults_triple():
     """`python -m reasoning_embed.foundry` (conf/foundry.yaml) builds the triple `backbone=tiny_*` reads: both state
     foundry.build.DEFAULTS, so a change to one that misses the others fails here, not as a silent second build."""

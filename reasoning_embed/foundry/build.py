@@ -100,8 +100,10 @@ def _data(cfg: dict, corpus_dir: Path, clock: _StageClock):
 
 def _base_model(tok, m: dict, seed: int, corpus_dir: Path):
     """The base before pre-training (``models.tiny.tiny_model``); untied when it carries a lexical channel."""
+    from reasoning_embed.foundry.lexical import check
     from reasoning_embed.models.tiny import tiny_model
 
+    check(m["hidden_size"], m["lexical_dims"], m["lexical_gain"])
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
             "residual_init_scale", "embedding_init", "rms_norm_eps")
     return tiny_model(tok, corpus_dir, seed=seed, tie_word_embeddings=not m["lexical_dims"], **{k: m[k] for k in keys})

@@ -27,6 +27,14 @@ from __future__ import annotations
 import torch
 
 
+def check(hidden_size: int, dims: int, gain: float) -> None:
+    """Refuse a channel the build could not make, before any training (``expose`` would fail only at the end)."""
+    if dims and not 0 < dims < hidden_size:
+        raise ValueError(f"model.lexical_dims must be 0 (no channel) or in (0, hidden_size={hidden_size}), got {dims}")
+    if dims and not gain > 0:
+        raise ValueError(f"model.lexical_gain must be > 0, got {gain}")
+
+
 def channel(model, dims: int) -> torch.Tensor:
     """The indices of the channel: the last ``dims`` of the hidden size (checked against it)."""
     hidden = model.config.hidden_size
