@@ -261,7 +261,7 @@ def test_reward_reads_bpe_code_completions_as_decoded(micro_corpus):
             assert fmt.reward(decoded(p.direct_completion), p.answer) == 1.0
             assert fmt.reward(decoded(p.worked_solution), p.answer) == 1.0, decoded(p.worked_solution)
             assert fmt.reward(decoded(f" The answer is {p.answer}."), p.answer) == 0.0     # strict
-            assert fmt.lenient(decoded(f" The answer is {p.answer}.")) == fmt.normalize(p.answer)
+            assert fmt.lenient(decoded(f" The answer is {p.answer}.")) == fmt.expected(p.answer)
     assert fmt.reward(decoded(" Answer: 17"), "7") == 0.0 and fmt.reward(decoded(" Answer: 7 Question"), "7") == 0.0
     assert fmt.reward("", "7") == 0.0 and fmt.lenient(decoded(" 7")) is None
     assert AnswerFormat.for_tokenizer(train_bpe_tokenizer(micro_corpus, 600, "bpe")).answer_re.pattern == PLAIN_PATTERN
@@ -318,15 +318,16 @@ def test_lexical_channel_is_held_while_the_triple_is_a_language_model(micro_corp
     assert not torch.equal(w["sft"]["model.embed_tokens.weight"][:, -20:], emb[:, -20:])      # trained by SFT
 
 
-def test_a_channel_the_build_cannot_make_is_refused_before_training(micro_corpus, tmp_path, monkeypatch):
-    import reasoning_embed.foundry.pretrain as pretrain_module
+def test_a_model_config_the_build_cannot_make_is_refused_before_any_work(micro_corpus, tmp_path, monkeypatch):
+    import reasoning_embed.foundry.build as build_module
     from reasoning_embed.foundry import build_triple
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("pre-training started with a channel the build cannot make")
+    def no_work(*args, **kwargs):
+        raise AssertionError("the build started (tokenizer, data) with a model config it cannot make")
 
-    monkeypatch.setattr(pretrain_module, "pretrain", no_training)
-    for bad, match in (({"lexical_dims": 32}, "lexical_dims must be 0"), ({"lexical_gain": 0.0}, "lexical_gain")):
+    monkeypatch.setattr(build_module, "_data", no_work)
+    for bad, match in (({"lexical_dims": 32}, "lexical_dims must be 0"), ({"lexical_gain": 0.0}, "lexical_gain"),
+                       ({"embedding_init": "zeros"}, "embedding_init")):
         with pytest.raises(ValueError, match=match):
             build_triple(tmp_path, micro_corpus, {**MICRO_CFG, "model": {**MICRO_MODEL, **bad}}, progress=False,
                          log=lambda *_: None)

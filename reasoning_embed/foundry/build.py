@@ -100,10 +100,8 @@ def _data(cfg: dict, corpus_dir: Path, clock: _StageClock):
 
 def _base_model(tok, m: dict, seed: int, corpus_dir: Path):
     """The base before pre-training (``models.tiny.tiny_model``); untied when it carries a lexical channel."""
-    from reasoning_embed.foundry.lexical import check
     from reasoning_embed.models.tiny import tiny_model
 
-    check(m["hidden_size"], m["lexical_dims"], m["lexical_gain"])
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
             "residual_init_scale", "embedding_init", "rms_norm_eps")
     return tiny_model(tok, corpus_dir, seed=seed, tie_word_embeddings=not m["lexical_dims"], **{k: m[k] for k in keys})
@@ -225,7 +223,13 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
     """Build base/rlvr/sft into ``out``; return {variant: foundry.json dict}. ``cfg`` overrides DEFAULTS."""
     import torch
 
+    from reasoning_embed.foundry.lexical import check
+    from reasoning_embed.models.tiny import check_embedding_init
+
     cfg = merge(DEFAULTS, cfg)
+    m = cfg["model"]
+    check_embedding_init(m["embedding_init"])  # before the tokenizer, the data and any training
+    check(m["hidden_size"], m["lexical_dims"], m["lexical_gain"])
     out, corpus_dir = Path(out), Path(corpus_dir)
     triple_id = spec_hash(cfg)
     prev_threads = torch.get_num_threads()

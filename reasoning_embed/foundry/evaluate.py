@@ -26,7 +26,7 @@ def heldout_accuracy(model, tok, problems: list[Problem], max_new_tokens: int = 
             text = tok.decode(c[m.bool()].tolist(), skip_special_tokens=True)
             r = fmt.reward(text, p.answer)
             correct += int(r)
-            lenient += int(r == 1.0 or fmt.lenient(text) == fmt.normalize(p.answer).strip())
+            lenient += int(r == 1.0 or fmt.lenient(text) == fmt.expected(p.answer))
             k = per_kind.setdefault(p.kind, [0, 0])
             k[0] += int(r)
             k[1] += 1

@@ -53,7 +53,7 @@ class HeldChannel:
 
     def __init__(self, model, dims: int, pretraining: bool = True):
         self.model, self.index, self.pretraining = model, channel(model, dims), pretraining
-        self.embedding = model.get_input_embeddings().weight.detach()[:, self.index].clone()
+        self.embedding = model.get_input_embeddings().weight.detach()[:, self.index].clone() if pretraining else None
         self.writers = [p for n, p in model.named_parameters() if n.endswith(("o_proj.weight", "down_proj.weight"))]
         self()
 
@@ -70,8 +70,7 @@ class HeldChannel:
 def expose(model, dims: int, gain: float) -> None:
     """Scale the final norm's gains on the channel by ``gain`` and the LM head's columns there by 1 / ``gain``:
     the logits are unchanged, the last hidden state's channel is ``gain`` times larger."""
-    if gain <= 0:
-        raise ValueError(f"model.lexical_gain must be > 0, got {gain}")
+    check(model.config.hidden_size, dims, gain)
     index = channel(model, dims)
     model.model.norm.weight[index] *= gain
     model.get_output_embeddings().weight[:, index] /= gain

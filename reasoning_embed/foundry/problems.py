@@ -166,10 +166,14 @@ class AnswerFormat:
         m = self.lenient_re.search(completion.split("\n", 1)[0])
         return m.group(1) if m else None
 
+    def expected(self, answer: str) -> str:
+        """``answer`` as the tokenizer writes it back (``odd``, ``7``: unchanged by both tokenizers)."""
+        return self.normalize(answer).strip()
+
     def reward(self, completion: str, answer: str) -> float:
         """1.0 iff the first ``Answer:`` line of ``completion`` is exactly ``answer`` (after stripping), else 0.0."""
         got = self.extract(completion)
-        return 1.0 if got is not None and got == self.normalize(answer).strip() else 0.0
+        return 1.0 if got is not None and got == self.expected(answer) else 0.0
 
 
 PLAIN = AnswerFormat()  # text as written (the Qwen-pipeline BPE decodes it back unchanged)

@@ -103,6 +103,12 @@ EMBEDDING_INITS = ("normal", "idf")
 IDF_INIT_RMS = 0.1  # the RMS of the rarest token's row (rows scale with IDF / max IDF)
 
 
+def check_embedding_init(embedding_init: str) -> None:
+    """Refuse an unknown ``embedding_init`` (called before the tokenizer is trained, so it fails at once)."""
+    if embedding_init not in EMBEDDING_INITS:
+        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
+
+
 def token_idf(tok, texts):
     """Smoothed inverse document frequency of every id of ``tok`` over ``texts`` (BM25's form,
     ``log((N + 1) / (df + 0.5))``): an id no text holds gets the largest value."""
@@ -147,8 +153,7 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     random projection of the IDF-weighted bag of tokens). Every RMSNorm divides a token's state by its RMS, so a
     mean pool weighs all tokens alike whatever their embedding lengths; ``rms_norm_eps`` 1 (Qwen2: 1e-6) with
     rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear, so the weights survive the pool."""
-    if embedding_init not in EMBEDDING_INITS:
-        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
+    check_embedding_init(embedding_init)
     out_dir = Path(out_dir)
     tok = make_tokenizer(tokenizer, corpus_dir, vocab_size)
     model = tiny_model(tok, corpus_dir, seed=seed, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
@@ -175,8 +180,7 @@ def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    if embedding_init not in EMBEDDING_INITS:
-        raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
+    check_embedding_init(embedding_init)
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
