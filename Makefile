@@ -40,7 +40,7 @@ test-fast: $(STAMP)  ## the suite without tests marked slow
 	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 STUDY ?= outputs/study-tiny/$(shell date +%Y-%m-%d_%H-%M-%S)
-study-tiny: $(STAMP)  ## the whole study on the offline tiny triple (18 jobs: 3 backbones x 6 seeds, ~17 min) and its report
+study-tiny: $(STAMP)  ## the whole study on the offline tiny triple (18 jobs: 3 backbones x 6 seeds, ~16 min) and its report
 	-$(OFFLINE) $(PY) -m reasoning_embed.train -m experiment=tiny_pairs hydra.sweep.dir=$(STUDY) $(ARGS)
 	$(OFFLINE) $(PY) -m reasoning_embed.report sweep=$(STUDY)
 

@@ -1,8 +1,8 @@
 """How far lexical matching over a backbone's own tokens can go on the held-out stdlib splits (nDCG@10 x 100).
 
 `make train` validates a tiny dense model (mean pooling, hidden 128) against BM25. This prints, on the same
-held-out sets (`val/`, 500 queries per file, seed 42, queries without their instruction as the pooling
-excludes it), what a bag of the backbone's tokens can reach:
+held-out sets (`val/` unless `--split`, 500 queries per file, seed 42, queries without their instruction as the
+pooling excludes it), what a bag of the backbone's tokens can reach:
 
 - `bm25`: the project's baseline (`evaluation.baselines`, code-aware word tokens), the figure to beat;
 - `tfidf`: exact sparse TF-IDF cosine over the backbone's tokens (IDF from the train split's positives):
@@ -16,6 +16,7 @@ mean the same), so the gap between `tfidf-d<N>` and `bm25` is what its training 
 
     python benchmarks/bench_lexical_ceiling.py                         # the make-train backbone
     python benchmarks/bench_lexical_ceiling.py --backbone outputs/backbones/tiny_triple-<id>/base
+    python benchmarks/bench_lexical_ceiling.py --data outputs/data/stdlib --split test   # the local benchmark's split
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 256, 512])
     ap.add_argument("--query-length", type=int, default=64)
     ap.add_argument("--passage-length", type=int, default=64)
+    ap.add_argument("--split", default="val", help="the held-out split to score (val | test: the local benchmark's)")
     args = ap.parse_args()
     from reasoning_embed.data.jsonl import data_files, read_jsonl
     from reasoning_embed.evaluation.baselines import bm25_search
@@ -76,8 +78,8 @@ def main() -> None:
     train = bag(tok, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], args.passage_length,
                 vocab)
     idf = np.log((train.shape[0] + 1) / (np.asarray((train > 0).sum(0)).ravel() + 0.5))
-    sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / "val")]
-    print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/val, "
+    sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / args.split)]
+    print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/{args.split}, "
           f"queries {args.query_length} / passages {args.passage_length} tokens; nDCG@10 x 100")
     table: dict[str, list[float]] = {}
     for vs in sets:

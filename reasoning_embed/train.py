@@ -57,15 +57,17 @@ def _evaluate_at_end(cfg, encoder, output_dir: Path, loggers, step: int) -> dict
     benchmarks = OmegaConf.select(cfg, "eval.benchmark")
     if not benchmarks:
         return {}
+    from reasoning_embed.evaluation.benchmarks import benchmark_key
     from reasoning_embed.evaluation.runner import evaluate_model
 
     benchmarks = [benchmarks] if isinstance(benchmarks, str) else list(benchmarks)
     results = {}
-    for bench in benchmarks:
-        summary = evaluate_model(encoder, bench, output_dir / "eval" / str(bench),
+    for spec in benchmarks:
+        bench = benchmark_key(spec)
+        summary = evaluate_model(encoder, spec, output_dir / "eval" / bench,
                                  allow_failures=bool(OmegaConf.select(cfg, "eval.allow_failures")),
                                  paths=OmegaConf.to_container(cfg.paths, resolve=True), seed=cfg.seed)
-        results[str(bench)] = summary
+        results[bench] = summary
         flat = {f"eval/{bench}/Mean(Task)": summary.get("mean_task"), f"eval/{bench}/Mean(Type)": summary.get("mean_type")}
         flat.update({f"eval/{bench}/{t['task']}": t["score"] for t in summary.get("tasks", []) if t.get("score") is not None})
         for lg in loggers:

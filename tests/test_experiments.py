@@ -111,9 +111,10 @@ def test_experiment_config_composes(name, monkeypatch):
     if name == "tiny_pairs":
         assert str(params["backbone"]) == "tiny_base,tiny_rlvr,tiny_sft" and str(params["finetune"]) == "full"
         assert len(str(params["seed"]).split(",")) >= 6  # the sign-flip test over seeds can reach p < 0.05
-        # the study's recorded figures are at these settings (make train's recipe, cut to 120 steps)
-        assert cfg.model.temperature == 0.1 and cfg.model.optimizer.lr == 1.0e-4 and cfg.trainer.max_steps == 120
-        assert cfg.model.embedding_lr_scale == 30.0 and cfg.data.batch_size == 32
+        # the study's recorded figures are at these settings (make train's recipe, 1 hard negative, 180 steps)
+        assert cfg.model.temperature == 0.1 and cfg.model.optimizer.lr == 1.0e-4 and cfg.trainer.max_steps == 180
+        assert cfg.model.embedding_lr_scale == 30.0 and cfg.data.batch_size == 32 and cfg.data.num_negatives == 1
+        assert cfg.trainer.val_check_interval == 180 and cfg.callbacks.model_checkpoint.every_n_train_steps == 180
 
 
 # what each experiment's end-of-run evaluation needs from the network: offline, only `local` runs

@@ -30,6 +30,20 @@ BENCHMARK_KEYS = {"name": None, "mteb_benchmark": None, "mteb_tasks": [], "local
                   "languages": None, "eval_splits": None, "max_queries": None, "instructions": {}, "description": ""}
 
 
+def benchmark_key(spec) -> str:
+    """The name a benchmark's results are filed under (``metrics.json["eval"]``, ``eval/<key>/``): a name as given,
+    a config's ``name``, a task list joined by commas."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(spec, (DictConfig, ListConfig)):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if isinstance(spec, dict):
+        return str(spec.get("name") or spec.get("mteb_benchmark") or "custom")
+    if isinstance(spec, (list, tuple)):
+        return ",".join(map(str, spec))
+    return str(spec)
+
+
 def shipped_benchmarks() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "benchmark").glob("*.yaml"))
 

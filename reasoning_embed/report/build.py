@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 from reasoning_embed.report.backbone_hrsa import backbone_hrsa, render_hrsa_markdown
+from reasoning_embed.report.baselines import (against_baselines, baseline_verdicts, benchmark_baselines,
+                                              render_baselines_markdown)
 from reasoning_embed.report.runs import collect_runs, run_dirs
 from reasoning_embed.report.tables import build_table, render_csv, render_markdown
 
@@ -34,20 +36,49 @@ def make_report(cfg) -> dict:
         log.warning("%s: the trained model is unusable: %s", r["dir"], "; ".join(r["unusable"]))
     report = {"table": table, "failed": failed, "runs": [r["dir"] for r in runs],
               "unusable": [{k: r[k] for k in ("dir", "backbone", "finetune", "seed", "unusable")} for r in unusable]}
+    extra_md = ""
+    if cfg.get("baselines", True) and runs:
+        report["baselines"] = _baselines(runs, out)
+        extra_md += render_baselines_markdown(report["baselines"])
+        for line in baseline_verdicts(report["baselines"]):
+            log.info("against BM25: %s", line)
     if cfg.get("realign", True) and cfg.get("sweep"):
-        from reasoning_embed.report.realignment import sweep_realignment
+        from reasoning_embed.report.realignment import (realignment_groups, render_realignment_markdown,
+                                                        sweep_realignment)
 
         out.mkdir(parents=True, exist_ok=True)
-        report["realignment"] = sweep_realignment(Path(cfg.sweep), out, cache_dir=cfg.get("realign_cache_dir"))
+        tol = cfg.get("plateau_tol")
+        report["realignment"] = sweep_realignment(Path(cfg.sweep), out, cache_dir=cfg.get("realign_cache_dir"),
+                                                  plateau_tol=dict(tol) if tol is not None else None)
+        report["realignment_groups"] = realignment_groups(report["realignment"])
+        extra_md += render_realignment_markdown(report["realignment_groups"])
+        for g in report["realignment_groups"]:
+            log.info("realignment %s vs %s (%s): %s", g["backbone_a"], g["backbone_b"], g["finetune"], "; ".join(
+                f"{m} {v['first']:.3f} -> {v['last']:.3f}, plateau from step "
+                + (f"{v['median_step']:g} (median of {v['reached']} of {v['n']} seeds)" if v["reached"]
+                   else f"- not reached by step {v['last_step']}") for m, v in g["metrics"].items()))
     if cfg.get("hrsa", True):
         report["backbone_hrsa"] = backbone_hrsa(dirs, out, [str(x) for x in (cfg.get("hrsa_overrides") or [])])
-    hrsa_md = render_hrsa_markdown(report.get("backbone_hrsa") or [])
+    hrsa_md = extra_md + render_hrsa_markdown(report.get("backbone_hrsa") or [])
     atomic_write_text(out / "table.md", render_markdown(table, failed, hrsa_md, report["unusable"]))
     atomic_write_text(out / "table.csv", render_csv(table))
     atomic_write_json(out / "report.json", report)
     _log_wandb(table, out, cfg, report.get("backbone_hrsa") or [])
     log.info("report written to %s (%d runs, %d failed)", out, len(runs), len(failed))
     return report
+
+
+def _baselines(runs: list[dict], out: Path) -> list[dict]:
+    """Rows of the runs against the baselines; BM25 on a benchmark that cannot be scored here (its data not
+    cached offline, say) is left out with a warning: the rest of the report does not depend on it."""
+    from reasoning_embed.errors import ReasoningEmbedError
+
+    try:
+        bench = benchmark_baselines(runs, out)
+    except ReasoningEmbedError as e:
+        log.warning("no BM25 on the evaluated benchmarks (%s); the baselines table has the validation sets only", e)
+        bench = {}
+    return against_baselines(runs, bench)
 
 
 def _log_wandb(table: dict, out: Path, cfg, backbone_hrsa_results: list[dict]) -> None:
