@@ -116,3 +116,35 @@ def test_the_realignment_plateau_is_the_step_the_paired_runs_agree_from(tmp_path
     late, = realignment_groups(sweep_realignment(tmp_path / "late", tmp_path / "late_report", n_perm=0))
     assert late["metrics"]["cka"]["reached"] == 0 and late["metrics"]["cka"]["median_step"] is None
     assert "not reached by step 40 | 0 of 1 |" in render_realignment_markdown([late])
+
+
+def test_the_baselines_and_plateaus_reach_wandb(tmp_path, monkeypatch):
+    """The report's W&B run gets the baselines rows and the plateau rows as tables (wandb.init recorded, not sent)."""
+    import wandb
+
+    from reasoning_embed.report.build import _log_wandb
+
+    logged = {}
+
+    class Run:
+        def log(self, data):
+            logged.update(data)
+
+        def finish(self):
+            logged["finished"] = True
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(wandb, "init", lambda **kw: Run())
+    row = {"benchmark": "local", "baseline": "bm25", "task": "T", "backbone": "b", "finetune": "full", "n": 2,
+           "baseline_score": 40.0, "mean": 41.0, "lowest": 39.0, "at_or_above": 1, "mean_margin": 1.0,
+           "lowest_margin": -1.0}
+    group = {"backbone_a": "b", "backbone_b": "s", "finetune": "full", "seeds": [1], "metrics": {"cka": {
+        "first": 0.9, "last": 0.99, "tol": 0.005, "reached": 1, "n": 1, "median_step": 30.0, "min_step": 30,
+        "max_step": 30, "last_step": 180}}}
+    table = {"columns": [], "rows": [], "deltas": []}
+    _log_wandb(table, tmp_path, OmegaConf.create({"wandb": True}),
+               {"baselines": [row], "realignment_groups": [group], "backbone_hrsa": []})
+    assert logged["finished"]
+    assert logged["report/baselines"].data == [[row[c] for c in logged["report/baselines"].columns]]
+    plateau = logged["report/realignment_plateau"]
+    assert dict(zip(plateau.columns, plateau.data[0]))["median_step"] == 30.0

@@ -63,7 +63,7 @@ def make_report(cfg) -> dict:
     atomic_write_text(out / "table.md", render_markdown(table, failed, hrsa_md, report["unusable"]))
     atomic_write_text(out / "table.csv", render_csv(table))
     atomic_write_json(out / "report.json", report)
-    _log_wandb(table, out, cfg, report.get("backbone_hrsa") or [])
+    _log_wandb(table, out, cfg, report)
     log.info("report written to %s (%d runs, %d failed)", out, len(runs), len(failed))
     return report
 
@@ -81,7 +81,7 @@ def _baselines(runs: list[dict], out: Path) -> list[dict]:
     return against_baselines(runs, bench)
 
 
-def _log_wandb(table: dict, out: Path, cfg, backbone_hrsa_results: list[dict]) -> None:
+def _log_wandb(table: dict, out: Path, cfg, report: dict) -> None:
     import os
 
     if os.environ.get("WANDB_MODE") == "disabled" or not cfg.get("wandb", True):
@@ -99,9 +99,19 @@ def _log_wandb(table: dict, out: Path, cfg, backbone_hrsa_results: list[dict]) -
                                                                if "note" not in d])})
     hcols = ["backbone", "base", "cka", "cka_calibrated", "cka_debiased", "cka_p", "knn10", "knn10_calibrated",
              "knn10_chance", "procrustes_cosine_test"]
-    hrows = [[r.get(c) for c in hcols] + [json.dumps(r.get("probe")), r.get("note")] for r in backbone_hrsa_results]
+    hrows = [[r.get(c) for c in hcols] + [json.dumps(r.get("probe")), r.get("note")]
+             for r in report.get("backbone_hrsa") or []]
     if hrows:
         run.log({"report/backbone_hrsa": wandb.Table(columns=hcols + ["probe", "note"], data=hrows)})
+    bcols = ["benchmark", "baseline", "task", "backbone", "finetune", "n", "baseline_score", "mean", "lowest",
+             "at_or_above", "mean_margin", "lowest_margin"]
+    if report.get("baselines"):
+        run.log({"report/baselines": wandb.Table(columns=bcols, data=[[r[c] for c in bcols] for r in report["baselines"]])})
+    pcols = ["backbone_a", "backbone_b", "finetune", "metric", "first", "last", "median_step", "reached", "n", "tol"]
+    prows = [[g["backbone_a"], g["backbone_b"], g["finetune"], m, v["first"], v["last"], v["median_step"], v["reached"],
+              v["n"], v["tol"]] for g in report.get("realignment_groups") or [] for m, v in g["metrics"].items()]
+    if prows:
+        run.log({"report/realignment_plateau": wandb.Table(columns=pcols, data=prows)})
     if (out / "realignment.png").exists():
         run.log({"report/realignment": wandb.Image(str(out / "realignment.png"))})
     run.finish()
