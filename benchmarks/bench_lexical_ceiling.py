@@ -7,6 +7,8 @@ pooling excludes it), what a bag of the backbone's tokens can reach:
 - `bm25`: the project's baseline (`evaluation.baselines`, code-aware word tokens), the figure to beat;
 - `tfidf`: exact sparse TF-IDF cosine over the backbone's tokens (IDF from the train split's positives):
   what perfect lexical weighting over these tokens reaches with no dimension limit;
+- `tfidf-words`: the same over BM25's own tokens, whole texts: where it stays below `bm25`, the gap is BM25's
+  scoring (term saturation, length normalisation), which no cosine between bags has, not the tokenizer;
 - `tfidf-d<N>`: the same bag squeezed into N dense dimensions by a random Gaussian projection (mean of 3
   draws): the ideal mean-pooled bag of near-orthogonal token vectors at the model's width;
 - `tf-d<N>`: the unweighted bag at N dimensions (what an untrained bag-like model starts from).
@@ -48,6 +50,21 @@ def bag(tokenizer, texts: list[str], max_len: int, vocab: int):
     return csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(texts), vocab))
 
 
+WORD_SPACE = 1 << 22  # column space for word ids (sparse: only the columns used are ever made dense)
+
+
+class WordIds:
+    """BM25's tokens (``evaluation.baselines.code_tokens``) as ids, called like a tokenizer so :func:`bag` reads them."""
+
+    def __init__(self):
+        from reasoning_embed.evaluation.baselines import code_tokens
+
+        self.code_tokens, self.ids = code_tokens, {}
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.ids.setdefault(w, len(self.ids)) for w in self.code_tokens(text)]}
+
+
 def ndcg10(q, d, qrels) -> float:
     from reasoning_embed.retrieval import exact_search, retrieval_metrics
 
@@ -78,6 +95,10 @@ def main() -> None:
     train = bag(tok, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], args.passage_length,
                 vocab)
     idf = np.log((train.shape[0] + 1) / (np.asarray((train > 0).sum(0)).ravel() + 0.5))
+    words = WordIds()
+    word_train = bag(words, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], WORD_SPACE,
+                     WORD_SPACE)
+    word_idf = np.log((word_train.shape[0] + 1) / (np.asarray((word_train > 0).sum(0)).ravel() + 0.5))
     sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / args.split)]
     print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/{args.split}, "
           f"queries {args.query_length} / passages {args.passage_length} tokens; nDCG@10 x 100")
@@ -87,6 +108,10 @@ def main() -> None:
         table.setdefault("bm25", []).append(retrieval_metrics(scores, idx, vs.qrels, 10)["ndcg@10"])
         q, d = bag(tok, vs.queries, args.query_length, vocab), bag(tok, vs.corpus, args.passage_length, vocab)
         table.setdefault("tfidf", []).append(ndcg10(q.multiply(idf).toarray(), d.multiply(idf).toarray(), vs.qrels))
+        wq, wd = bag(words, vs.queries, WORD_SPACE, WORD_SPACE), bag(words, vs.corpus, WORD_SPACE, WORD_SPACE)
+        used = np.union1d(wq.indices, wd.indices)
+        table.setdefault("tfidf-words", []).append(ndcg10(wq[:, used].multiply(word_idf[used]).toarray(),
+                                                          wd[:, used].multiply(word_idf[used]).toarray(), vs.qrels))
         for dim in args.dims:
             for name, w in ((f"tfidf-d{dim}", idf), (f"tf-d{dim}", np.ones(vocab))):
                 runs = []
