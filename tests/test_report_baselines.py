@@ -148,3 +148,30 @@ def test_the_baselines_and_plateaus_reach_wandb(tmp_path, monkeypatch):
     assert logged["report/baselines"].data == [[row[c] for c in logged["report/baselines"].columns]]
     plateau = logged["report/realignment_plateau"]
     assert dict(zip(plateau.columns, plateau.data[0]))["median_step"] == 30.0
+
+
+def test_runs_reading_different_data_under_one_benchmark_name_get_their_own_bm25(tmp_path):
+    """Two runs of a sweep evaluated on "mini" over different files: each is compared with BM25 on its own data."""
+    from reasoning_embed.evaluation.runner import evaluate_model
+    from reasoning_embed.report.build import make_report
+
+    benches, oracles = [], []
+    easy = synthetic_rows(12, prefix="alpha")
+    # every query the same words: BM25 cannot tell the positives apart
+    hard = [{**r, "query": [r["query"][0], "alpha beta gamma"], "pos": [f"{r['pos'][0]} alpha beta gamma"]}
+            for r in synthetic_rows(12, prefix="beta")]
+    for n, rows in enumerate((easy, hard)):
+        write_jsonl(tmp_path / f"data{n}" / "same.jsonl", rows)
+        benches.append({"name": "mini", "local_tasks": [{"kind": "jsonl", "path": str(tmp_path / f"data{n}")}]})
+        oracles.append(evaluate_model("bm25", benches[-1], tmp_path / f"oracle{n}")["tasks"][0])
+    assert oracles[0]["task"] == oracles[1]["task"] and oracles[0]["score"] != oracles[1]["score"]
+    task = oracles[0]["task"]
+    root = tmp_path / "sweep"
+    for n in (0, 1):
+        _run(root, f"run{n}", f"backbone{n}", 1, benches[n], {task: oracles[n]["score"] + 1.0})
+    report = make_report(OmegaConf.create({**REPORT, "sweep": str(root)}))
+    rows = {r["backbone"]: r for r in report["baselines"] if r["task"] == task}
+    for n in (0, 1):
+        assert rows[f"backbone{n}"]["baseline_score"] == pytest.approx(oracles[n]["score"])
+        assert rows[f"backbone{n}"]["lowest_margin"] == pytest.approx(1.0)
+    assert len(list((root / "report" / "baselines" / "bm25").iterdir())) == 2

@@ -5,8 +5,8 @@ Two sources, each compared exactly as it was scored:
 - the held-out validation sets (``val_ndcg@10``): every run's ``metrics.json["baselines"]`` holds BM25 and
   MiniLM on the run's own validation sample (it depends on the seed), so each run is compared with its own;
 - every benchmark the runs were evaluated on (``eval.benchmark``): the report scores BM25 on it once
-  (``evaluation.runner.evaluate_model("bm25", ...)``, into ``<report>/baselines/<benchmark>/``), with the
-  runs' data paths; once per seed when the benchmark samples its queries (``max_queries``). Tasks BM25 cannot
+  (``evaluation.runner.evaluate_model("bm25", ...)``, into ``<report>/baselines/bm25/<benchmark>/``) per distinct
+  benchmark config (the runs' data paths included), and per seed when it samples its queries (``max_queries``). Tasks BM25 cannot
   run (no retrieval) are listed as failed there and left out of the comparison.
 
 A task's row: the baseline's score, each (backbone, finetune)'s mean and lowest run, how many runs are >= the
@@ -45,25 +45,30 @@ def _eval_specs(run: Path) -> list[tuple[str, dict, dict, int]]:
     return [(benchmark_key(b), resolve_benchmark_config(b, paths), paths, int(cfg.get("seed", 0))) for b in benches]
 
 
-def benchmark_baselines(runs: list[dict], out: Path) -> dict[str, dict]:
-    """BM25 on every benchmark the runs were evaluated on: ``{benchmark: {seed | None: {task: score x100}}}``
-    (``None``: the benchmark does not depend on the seed). Scored once per distinct benchmark config."""
+def benchmark_baselines(runs: list[dict], out: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """BM25 on every benchmark each run was evaluated on: ``{run dir: {benchmark: {task: score x100}}}``, scored
+    once per distinct benchmark config (and seed, when the benchmark samples its queries), so runs of one sweep
+    that read different data under the same benchmark name are each compared with their own BM25."""
     from reasoning_embed.evaluation.runner import evaluate_model
+    from reasoning_embed.utils.hashing import spec_hash
 
-    done: dict[str, dict] = {}
     scored: dict[str, dict] = {}
+    dir_of_name: dict[str, str] = {}   # directory label -> the config that owns it (another gets a suffix)
+    per_run: dict[str, dict] = {}
     for run in runs:
         for name, bench, paths, seed in _eval_specs(Path(run["dir"])):
             sampled = bench.get("max_queries") is not None
-            key = json.dumps([bench, seed if sampled else None], sort_keys=True, default=str)
+            key = spec_hash([bench, seed if sampled else None])
             if key not in scored:
-                where = out / "baselines" / "bm25" / (f"{name}-s{seed}" if sampled else name)
+                label = f"{name}-s{seed}" if sampled else name
+                owner = dir_of_name.setdefault(label, key)
+                where = out / "baselines" / "bm25" / (label if owner == key else f"{label}-{key[:8]}")
                 log.info("scoring the BM25 baseline on %s (%s)", name, where)
                 summary = evaluate_model("bm25", bench, where, allow_failures=True, paths=paths, seed=seed)
                 scored[key] = {t["task"]: float(t["score"]) for t in summary.get("tasks", [])
                                if t.get("score") is not None}
-            done.setdefault(name, {})[seed if sampled else None] = scored[key]
-    return done
+            per_run.setdefault(run["dir"], {})[name] = scored[key]
+    return per_run
 
 
 def _val_baselines(metrics: dict) -> dict[str, dict[str, float]]:
@@ -78,15 +83,14 @@ def _with_mean(scores: dict[str, float], tasks: set[str]) -> dict[str, float]:
 
 
 def against_baselines(runs: list[dict], bench_baselines: dict[str, dict]) -> list[dict]:
-    """One row per (benchmark, baseline, task or Mean(Task), backbone, finetune): see the module docstring."""
+    """One row per (benchmark, baseline, task or Mean(Task), backbone, finetune): see the module docstring.
+    ``bench_baselines``: :func:`benchmark_baselines`'s ``{run dir: {benchmark: {task: score}}}``."""
     pairs: dict[tuple, list[tuple[float, float]]] = {}  # (bench, baseline, task, backbone, finetune) -> (run, base)
     for run in runs:
         metrics = json.loads((Path(run["dir"]) / "metrics.json").read_text())
         refs = {(VAL, name): scores for name, scores in _val_baselines(metrics).items()}
-        for bench, per_seed in bench_baselines.items():
-            ref = per_seed.get(run["seed"], per_seed.get(None))
-            if ref is not None:
-                refs[(bench, "bm25")] = ref
+        for bench, ref in bench_baselines.get(run["dir"], {}).items():
+            refs[(bench, "bm25")] = ref
         for (bench, name), ref in refs.items():
             own = run["scores"].get(bench) or {}
             tasks = set(own) & set(ref)
