@@ -94,7 +94,8 @@ def _controlled_run(root, name, backbone, embeddings_by_step):
 
 def test_the_realignment_plateau_is_the_step_the_paired_runs_agree_from(tmp_path):
     """B is unrelated to A until step 20 and equal to A from then on: CKA and k-NN reach 1 at step 20 and stay."""
-    from reasoning_embed.report.realignment import realignment_groups, render_realignment_markdown, sweep_realignment
+    from reasoning_embed.report.plateau import realignment_groups, render_realignment_markdown
+    from reasoning_embed.report.realignment import sweep_realignment
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(40, 8))

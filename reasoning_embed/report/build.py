@@ -43,8 +43,8 @@ def make_report(cfg) -> dict:
         for line in baseline_verdicts(report["baselines"]):
             log.info("against BM25: %s", line)
     if cfg.get("realign", True) and cfg.get("sweep"):
-        from reasoning_embed.report.realignment import (realignment_groups, render_realignment_markdown,
-                                                        sweep_realignment)
+        from reasoning_embed.report.plateau import realignment_groups, render_realignment_markdown
+        from reasoning_embed.report.realignment import sweep_realignment
 
         out.mkdir(parents=True, exist_ok=True)
         tol = cfg.get("plateau_tol")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["pair_sweep_runs", "plot_realignment", "plot_sweep_realignment", "realign_pair", "realignment_groups",
-           "render_realignment_markdown", "run_steps", "sweep_realignment"]
+__all__ = ["pair_sweep_runs", "plot_realignment", "plot_sweep_realignment", "realign_pair", "run_steps",
+           "sweep_realignment"]
 
 log = logging.getLogger("reasoning_embed.realign")
 _STEP = re.compile(r"step_(\d+)\.safetensors$")
@@ -306,9 +306,9 @@ def sweep_realignment(sweep: Path, out: Path, n_perm: int = 50, cache_dir=None,
     step and where its CKA and k-NN curves plateau (``plateau_tol``: metric -> tolerance, see
     :mod:`reasoning_embed.report.plateau`; ``cache_dir``: the feature cache, whose recorded step comparisons
     are reused)."""
-    from reasoning_embed.report.plateau import plateau_step
+    from reasoning_embed.report.plateau import DEFAULT_TOL, plateau_step
 
-    tols = dict(PLATEAU_TOL if plateau_tol is None else plateau_tol)
+    tols = dict(DEFAULT_TOL if plateau_tol is None else plateau_tol)
     results = [realign_pair(a, b, out / "realignment" / f"{a.name}__vs__{b.name}", n_perm=n_perm, plot=False,
                             cache_dir=cache_dir)
                for a, b in pair_sweep_runs(sweep)]
@@ -323,9 +323,6 @@ def sweep_realignment(sweep: Path, out: Path, n_perm: int = 50, cache_dir=None,
     return summary
 
 
-PLATEAU_TOL = {"cka": 0.005, "knn": 0.02}  # conf/report.yaml plateau_tol: CKA settles tighter than k-NN overlap
-
-
 def _run_labels(run_a: Path, run_b: Path) -> dict:
     def read(run):
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
@@ -334,47 +331,3 @@ def _run_labels(run_a: Path, run_b: Path) -> dict:
 
     (a, finetune, seed), (b, _, _) = read(run_a), read(run_b)
     return {"backbone_a": a, "backbone_b": b, "finetune": finetune, "seed": seed}
-
-
-def realignment_groups(pairs: list[dict]) -> list[dict]:
-    """The sweep's pairs grouped by (backbone A, backbone B, finetune) over seeds: for CKA and k-NN, the mean
-    first and last value and the plateau steps (median, range, how many seeds reached one)."""
-    import numpy as np
-
-    groups: dict[tuple, list[dict]] = {}
-    for p in pairs:
-        if "plateau" in p:
-            groups.setdefault((p["backbone_a"], p["backbone_b"], p["finetune"]), []).append(p)
-    out = []
-    for (a, b, finetune), ps in sorted(groups.items()):
-        entry = {"backbone_a": a, "backbone_b": b, "finetune": finetune, "seeds": sorted(p["seed"] for p in ps),
-                 "metrics": {}}
-        for metric in ps[0]["plateau"]:
-            pl = [p["plateau"][metric] for p in ps]
-            steps = [x["step"] for x in pl if x["reached"]]
-            entry["metrics"][metric] = {
-                "first": float(np.mean([x["first"] for x in pl])), "last": float(np.mean([x["last"] for x in pl])),
-                "tol": pl[0]["tol"], "reached": len(steps), "n": len(pl),
-                "median_step": float(np.median(steps)) if steps else None,
-                "min_step": min(steps) if steps else None, "max_step": max(steps) if steps else None,
-                "last_step": int(ps[0]["last"]["step"])}
-        out.append(entry)
-    return out
-
-
-def render_realignment_markdown(groups: list[dict]) -> str:
-    if not groups:
-        return ""
-    lines = ["", "## Realignment between paired runs (same seed, same step; mean over seeds)", "",
-             "Plateau: the first recorded step after which the curve stays within the tolerance of its last value, "
-             "counted as reached when that lasts at least a quarter of the run (`report.plateau`).", "",
-             "| A | B | finetune | seeds | metric | at the first step | at the last step | plateau from step "
-             "(median [range]) | seeds with a plateau | tolerance |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for g in groups:
-        for metric, m in g["metrics"].items():
-            where = (f"{m['median_step']:g} [{m['min_step']}, {m['max_step']}]" if m["reached"]
-                     else f"not reached by step {m['last_step']}")
-            lines.append(f"| {g['backbone_a']} | {g['backbone_b']} | {g['finetune']} | {len(g['seeds'])} | {metric} | "
-                         f"{m['first']:.3f} | {m['last']:.3f} | {where} | {m['reached']} of {m['n']} | "
-                         f"±{m['tol']:g} |")
-    return "\n".join(lines) + "\n"
