@@ -176,3 +176,27 @@ def test_runs_reading_different_data_under_one_benchmark_name_get_their_own_bm25
         assert rows[f"backbone{n}"]["baseline_score"] == pytest.approx(oracles[n]["score"])
         assert rows[f"backbone{n}"]["lowest_margin"] == pytest.approx(1.0)
     assert len(list((root / "report" / "baselines" / "bm25").iterdir())) == 2
+
+
+def test_bm25_is_scored_only_on_the_benchmarks_the_report_lists(tmp_path, monkeypatch):
+    """report.bm25_benchmarks (default [local, bright]): a benchmark outside it gets no BM25 (its tokens would be
+    empty on other languages), and is never scored; the validation rows stay."""
+    import reasoning_embed.evaluation.runner as runner
+    from reasoning_embed.report.build import make_report
+
+    called = []
+    monkeypatch.setattr(runner, "evaluate_model", lambda *a, **k: called.append(a) or {"tasks": []})
+    bench = {"name": "mteb_multilingual_v2", "mteb_tasks": ["T2Retrieval"]}
+    root = tmp_path / "sweep"
+    _run(root, "base1", "base", 1, bench, {"T2Retrieval": 40.0}, val={"val/code/ndcg@10": 0.5},
+         val_baselines={"bm25": {"val/code/ndcg@10": 0.4}})
+    report = make_report(OmegaConf.create({**REPORT, "sweep": str(root), "bm25_benchmarks": ["local", "bright"]}))
+    assert called == [] and {r["benchmark"] for r in report["baselines"]} == {"val_ndcg@10"}
+    make_report(OmegaConf.create({**REPORT, "sweep": str(root), "bm25_benchmarks": None}))
+    assert len(called) == 1 and called[0][0] == "bm25"
+
+
+def test_the_shipped_report_config_scores_bm25_on_local_and_bright_only():
+    from reasoning_embed import CONF_DIR
+
+    assert list(OmegaConf.load(CONF_DIR / "report.yaml").bm25_benchmarks) == ["local", "bright"]

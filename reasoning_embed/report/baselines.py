@@ -4,7 +4,8 @@ Two sources, each compared exactly as it was scored:
 
 - the held-out validation sets (``val_ndcg@10``): every run's ``metrics.json["baselines"]`` holds BM25 and
   MiniLM on the run's own validation sample (it depends on the seed), so each run is compared with its own;
-- every benchmark the runs were evaluated on (``eval.benchmark``): the report scores BM25 on it once
+- every benchmark the runs were evaluated on (``eval.benchmark``; ``report.bm25_benchmarks`` limits which, as
+  BM25's code-aware tokens are English words and identifiers): the report scores BM25 on it once
   (``evaluation.runner.evaluate_model("bm25", ...)``, into ``<report>/baselines/bm25/<benchmark>/``) per distinct
   benchmark config (the runs' data paths included), and per seed when it samples its queries (``max_queries``). Tasks BM25 cannot
   run (no retrieval) are listed as failed there and left out of the comparison.
@@ -45,10 +46,11 @@ def _eval_specs(run: Path) -> list[tuple[str, dict, dict, int]]:
     return [(benchmark_key(b), resolve_benchmark_config(b, paths), paths, int(cfg.get("seed", 0))) for b in benches]
 
 
-def benchmark_baselines(runs: list[dict], out: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """BM25 on every benchmark each run was evaluated on: ``{run dir: {benchmark: {task: score x100}}}``, scored
-    once per distinct benchmark config (and seed, when the benchmark samples its queries), so runs of one sweep
-    that read different data under the same benchmark name are each compared with their own BM25."""
+def benchmark_baselines(runs: list[dict], out: Path, only: list[str] | None = None
+                        ) -> dict[str, dict[str, dict[str, float]]]:
+    """BM25 on every benchmark each run was evaluated on (of ``only``, when given): ``{run dir: {benchmark: {task:
+    score x100}}}``, scored once per distinct benchmark config (and seed, when the benchmark samples its queries),
+    so runs of one sweep that read different data under the same benchmark name are each compared with their own."""
     from reasoning_embed.evaluation.runner import evaluate_model
     from reasoning_embed.utils.hashing import spec_hash
 
@@ -57,6 +59,8 @@ def benchmark_baselines(runs: list[dict], out: Path) -> dict[str, dict[str, dict
     per_run: dict[str, dict] = {}
     for run in runs:
         for name, bench, paths, seed in _eval_specs(Path(run["dir"])):
+            if only is not None and name not in only:
+                continue
             sampled = bench.get("max_queries") is not None
             key = spec_hash([bench, seed if sampled else None])
             if key not in scored:

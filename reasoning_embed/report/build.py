@@ -38,7 +38,8 @@ def make_report(cfg) -> dict:
               "unusable": [{k: r[k] for k in ("dir", "backbone", "finetune", "seed", "unusable")} for r in unusable]}
     extra_md = ""
     if cfg.get("baselines", True) and runs:
-        report["baselines"] = _baselines(runs, out)
+        only = cfg.get("bm25_benchmarks")
+        report["baselines"] = _baselines(runs, out, [str(b) for b in only] if only is not None else None)
         extra_md += render_baselines_markdown(report["baselines"])
         for line in baseline_verdicts(report["baselines"]):
             log.info("against BM25: %s", line)
@@ -68,13 +69,13 @@ def make_report(cfg) -> dict:
     return report
 
 
-def _baselines(runs: list[dict], out: Path) -> list[dict]:
+def _baselines(runs: list[dict], out: Path, only: list[str] | None) -> list[dict]:
     """Rows of the runs against the baselines; BM25 on a benchmark that cannot be scored here (its data not
     cached offline, say) is left out with a warning: the rest of the report does not depend on it."""
     from reasoning_embed.errors import ReasoningEmbedError
 
     try:
-        bench = benchmark_baselines(runs, out)
+        bench = benchmark_baselines(runs, out, only)
     except ReasoningEmbedError as e:
         log.warning("no BM25 on the evaluated benchmarks (%s); the baselines table has the validation sets only", e)
         bench = {}
