@@ -16,7 +16,6 @@ baseline, and the lowest run's margin (run - baseline). ``Mean(Task)`` rows comp
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -33,8 +32,9 @@ VAL = "val_ndcg@10"
 MEAN = "Mean(Task)"
 
 
-def _eval_specs(run: Path) -> list[tuple[str, dict, dict, int]]:
-    """(benchmark name as the run's metrics.json keys it, resolved benchmark config, paths, seed) per benchmark."""
+def _eval_specs(run: Path, only: list[str] | None) -> list[tuple[str, dict, dict, int]]:
+    """(benchmark name as the run's metrics.json keys it, resolved benchmark config, paths, seed) per benchmark of
+    ``only`` (all when None); a benchmark left out is not even resolved."""
     from reasoning_embed.evaluation.benchmarks import benchmark_key, resolve_benchmark_config
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
@@ -43,7 +43,8 @@ def _eval_specs(run: Path) -> list[tuple[str, dict, dict, int]]:
         return []
     benches = [benches] if isinstance(benches, str) else list(OmegaConf.to_container(benches, resolve=True))
     paths = OmegaConf.to_container(cfg.paths, resolve=True) if "paths" in cfg else None
-    return [(benchmark_key(b), resolve_benchmark_config(b, paths), paths, int(cfg.get("seed", 0))) for b in benches]
+    return [(benchmark_key(b), resolve_benchmark_config(b, paths), paths, int(cfg.get("seed", 0))) for b in benches
+            if only is None or benchmark_key(b) in only]
 
 
 def benchmark_baselines(runs: list[dict], out: Path, only: list[str] | None = None
@@ -58,9 +59,7 @@ def benchmark_baselines(runs: list[dict], out: Path, only: list[str] | None = No
     dir_of_name: dict[str, str] = {}   # directory label -> the config that owns it (another gets a suffix)
     per_run: dict[str, dict] = {}
     for run in runs:
-        for name, bench, paths, seed in _eval_specs(Path(run["dir"])):
-            if only is not None and name not in only:
-                continue
+        for name, bench, paths, seed in _eval_specs(Path(run["dir"]), only):
             sampled = bench.get("max_queries") is not None
             key = spec_hash([bench, seed if sampled else None])
             if key not in scored:
@@ -75,14 +74,8 @@ def benchmark_baselines(runs: list[dict], out: Path, only: list[str] | None = No
     return per_run
 
 
-def _val_baselines(metrics: dict) -> dict[str, dict[str, float]]:
-    """``{baseline: {set: nDCG@10 x100}}`` from a run's metrics.json (the keys of ``final_val``)."""
-    return {name: {k.split("/")[1]: 100 * v for k, v in scores.items() if k.count("/") == 2 and k.endswith("/ndcg@10")}
-            for name, scores in (metrics.get("baselines") or {}).items()}
-
-
 def _with_mean(scores: dict[str, float], tasks: set[str]) -> dict[str, float]:
-    common = sorted(tasks & set(scores))
+    common = sorted(tasks)
     return {**{t: scores[t] for t in common}, **({MEAN: float(np.mean([scores[t] for t in common]))} if common else {})}
 
 
@@ -91,8 +84,7 @@ def against_baselines(runs: list[dict], bench_baselines: dict[str, dict]) -> lis
     ``bench_baselines``: :func:`benchmark_baselines`'s ``{run dir: {benchmark: {task: score}}}``."""
     pairs: dict[tuple, list[tuple[float, float]]] = {}  # (bench, baseline, task, backbone, finetune) -> (run, base)
     for run in runs:
-        metrics = json.loads((Path(run["dir"]) / "metrics.json").read_text())
-        refs = {(VAL, name): scores for name, scores in _val_baselines(metrics).items()}
+        refs = {(VAL, name): scores for name, scores in run.get("val_baselines", {}).items()}
         for bench, ref in bench_baselines.get(run["dir"], {}).items():
             refs[(bench, "bm25")] = ref
         for (bench, name), ref in refs.items():

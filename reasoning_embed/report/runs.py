@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["collect_runs", "run_dirs", "task_scores", "task_types"]
+__all__ = ["collect_runs", "run_dirs", "task_scores", "task_types", "val_baselines"]
 
 
 def _tasks(summary: dict) -> dict[str, dict]:
@@ -28,6 +28,13 @@ def task_scores(metrics: dict) -> dict[str, dict[str, float]]:
     for bench, summary in (metrics.get("eval") or {}).items():
         out[bench] = {t: v["score"] for t, v in _tasks(summary).items() if v.get("score") is not None}
     return out
+
+
+def val_baselines(metrics: dict) -> dict[str, dict[str, float]]:
+    """``{baseline: {set: nDCG@10 x100}}``: the built-in baselines on the run's own validation sample, keyed as
+    :func:`task_scores` keys the run's ``val_ndcg@10``."""
+    return {name: {k.split("/")[1]: 100 * v for k, v in scores.items() if k.count("/") == 2 and k.endswith("/ndcg@10")}
+            for name, scores in (metrics.get("baselines") or {}).items()}
 
 
 def task_types(metrics: dict) -> dict[str, dict[str, str]]:
@@ -90,5 +97,6 @@ def collect_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
             continue
         info["scores"] = task_scores(metrics)
         info["types"] = task_types(metrics)
+        info["val_baselines"] = val_baselines(metrics)
         runs.append(info)
     return runs, failed
