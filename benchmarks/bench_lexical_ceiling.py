@@ -8,10 +8,11 @@ pooling excludes it), what a bag of the backbone's tokens can reach:
 - `tfidf`: exact sparse TF-IDF cosine over the backbone's tokens (IDF from the train split's positives):
   what perfect lexical weighting over these tokens reaches with no dimension limit;
 - `tfidf-words`: the same over BM25's own tokens, whole texts: where it stays below `bm25`, the gap is BM25's
-  scoring (term saturation, length normalisation), which no cosine between bags has, not the tokenizer;
-- `tfidf-logtf`: `tfidf` with sublinear term frequency (1 + log tf), the saturation a bag can have: the best
-  cosine between bags of these tokens we found (raw, binary and log tf x IDF^0.5, ^1, ^1.5 tried), i.e. about
-  the most a model reaches by lexical matching alone, at any width;
+  scoring (term saturation, length normalisation), which a mean pool of static token vectors (raw counts) lacks,
+  not the tokenizer;
+- `tfidf-logtf`: `tfidf` with sublinear term frequency (1 + log tf), i.e. with saturation, which a model needs
+  its context (attention) to compute: the best of the bag weightings tried (raw, binary and log tf, each with
+  IDF^0.5, ^1 and ^1.5), with no dimension limit;
 - `tfidf-d<N>`: the same bag squeezed into N dense dimensions by a random Gaussian projection (mean of 3
   draws): the ideal mean-pooled bag of near-orthogonal token vectors at the model's width;
 - `tf-d<N>`: the unweighted bag at N dimensions (what an untrained bag-like model starts from).
