@@ -129,6 +129,8 @@ def main() -> None:
     word_train = bag(words, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], WORD_SPACE,
                      WORD_SPACE)
     word_idf = np.log((word_train.shape[0] + 1) / (np.asarray((word_train > 0).sum(0)).ravel() + 0.5))
+    if max(args.dims) >= vocab:
+        raise SystemExit(f"--dims must be below the backbone's vocabulary ({vocab} ids), got {max(args.dims)}")
     lsa = lsa_basis([r for f in data_files(data / "train") for r in read_jsonl(f)[0]], tok, args, vocab, idf)
     sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / args.split)]
     print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/{args.split}, "
