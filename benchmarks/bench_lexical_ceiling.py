@@ -122,16 +122,15 @@ def main() -> None:
     data = Path(args.data) if args.data else _newest("outputs/data/stdlib_mined-*")
     tok = load_tokenizer(str(backbone))  # the project's loader: bpe_code keeps its own pipeline
     vocab = len(tok)
-    train = bag(tok, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], args.passage_length,
-                vocab)
+    train_rows = [r for f in data_files(data / "train") for r in read_jsonl(f)[0]]
+    train = bag(tok, [r.pos[0] for r in train_rows], args.passage_length, vocab)
     idf = np.log((train.shape[0] + 1) / (np.asarray((train > 0).sum(0)).ravel() + 0.5))
     words = WordIds()
-    word_train = bag(words, [r.pos[0] for f in data_files(data / "train") for r in read_jsonl(f)[0]], WORD_SPACE,
-                     WORD_SPACE)
+    word_train = bag(words, [r.pos[0] for r in train_rows], WORD_SPACE, WORD_SPACE)
     word_idf = np.log((word_train.shape[0] + 1) / (np.asarray((word_train > 0).sum(0)).ravel() + 0.5))
     if max(args.dims) >= vocab:
         raise SystemExit(f"--dims must be below the backbone's vocabulary ({vocab} ids), got {max(args.dims)}")
-    lsa = lsa_basis([r for f in data_files(data / "train") for r in read_jsonl(f)[0]], tok, args, vocab, idf)
+    lsa = lsa_basis(train_rows, tok, args, vocab, idf)
     sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / args.split)]
     print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/{args.split}, "
           f"queries {args.query_length} / passages {args.passage_length} tokens; nDCG@10 x 100")
