@@ -122,14 +122,14 @@ def main() -> None:
     data = Path(args.data) if args.data else _newest("outputs/data/stdlib_mined-*")
     tok = load_tokenizer(str(backbone))  # the project's loader: bpe_code keeps its own pipeline
     vocab = len(tok)
+    if max(args.dims) >= vocab:
+        raise SystemExit(f"--dims must be below the backbone's vocabulary ({vocab} ids), got {max(args.dims)}")
     train_rows = [r for f in data_files(data / "train") for r in read_jsonl(f)[0]]
     train = bag(tok, [r.pos[0] for r in train_rows], args.passage_length, vocab)
     idf = np.log((train.shape[0] + 1) / (np.asarray((train > 0).sum(0)).ravel() + 0.5))
     words = WordIds()
     word_train = bag(words, [r.pos[0] for r in train_rows], WORD_SPACE, WORD_SPACE)
     word_idf = np.log((word_train.shape[0] + 1) / (np.asarray((word_train > 0).sum(0)).ravel() + 0.5))
-    if max(args.dims) >= vocab:
-        raise SystemExit(f"--dims must be below the backbone's vocabulary ({vocab} ids), got {max(args.dims)}")
     lsa = lsa_basis(train_rows, tok, args, vocab, idf)
     sets = [retrieval_set_from_rows(f.stem, read_jsonl(f)[0], 500, 42) for f in data_files(data / args.split)]
     print(f"backbone {backbone.name} ({type(tok).__name__}, {vocab} ids), held-out {data.name}/{args.split}, "
@@ -140,16 +140,14 @@ def main() -> None:
         table.setdefault("bm25", []).append(retrieval_metrics(scores, idx, vs.qrels, 10)["ndcg@10"])
         q, d = bag(tok, vs.queries, args.query_length, vocab), bag(tok, vs.corpus, args.passage_length, vocab)
         table.setdefault("tfidf", []).append(ndcg10(q.multiply(idf).toarray(), d.multiply(idf).toarray(), vs.qrels))
-        lq, ld = log_tf(q), log_tf(d)
-        table.setdefault("tfidf-logtf", []).append(ndcg10(lq.multiply(idf).toarray(), ld.multiply(idf).toarray(),
-                                                          vs.qrels))
-        mq, md = lq.multiply(idf).toarray() / q.sum(1).A, ld.multiply(idf).toarray() / d.sum(1).A
+        lq, ld = log_tf(q).multiply(idf).tocsr(), log_tf(d).multiply(idf).tocsr()  # the sublinear-tf bags
+        table.setdefault("tfidf-logtf", []).append(ndcg10(lq.toarray(), ld.toarray(), vs.qrels))
+        mq, md = lq.toarray() / q.sum(1).A, ld.toarray() / d.sum(1).A
         pivot = 0.25 * np.sqrt((np.linalg.norm(md, axis=1) ** 2).mean())
         table.setdefault("logtf-pivot", []).append(ndcg10(np.hstack([mq, np.full((len(mq), 1), pivot)]),
                                                           np.hstack([md, np.full((len(md), 1), pivot)]), vs.qrels))
         for dim in args.dims:
-            table.setdefault(f"logtf-lsa-d{dim}", []).append(ndcg10(lq.multiply(idf) @ lsa[:, :dim],
-                                                                    ld.multiply(idf) @ lsa[:, :dim], vs.qrels))
+            table.setdefault(f"logtf-lsa-d{dim}", []).append(ndcg10(lq @ lsa[:, :dim], ld @ lsa[:, :dim], vs.qrels))
         wq, wd = bag(words, vs.queries, WORD_SPACE, WORD_SPACE), bag(words, vs.corpus, WORD_SPACE, WORD_SPACE)
         used = np.union1d(wq.indices, wd.indices)
         table.setdefault("tfidf-words", []).append(ndcg10(wq[:, used].multiply(word_idf[used]).toarray(),
