@@ -88,6 +88,24 @@ def test_fsdp_trainer_config_builds_the_fsdp2_strategy(train_cfg):
         FSDP2Strategy(state_dict_type="local")
 
 
+def test_a_gloo_process_group_is_destroyed_before_the_interpreter_exits(tmp_path):
+    """Lightning destroys NCCL groups at exit only; a gloo rank exiting with its group alive can abort in
+    interpreter finalisation (SIGABRT, pytorch/pytorch#190489), which failed a finished two-rank run here once."""
+    script = f"""
+import atexit
+import torch.distributed as dist
+from reasoning_embed.training.strategies import destroy_process_group_at_exit
+destroy_process_group_at_exit()  # no group yet: nothing to do, no error
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'pg'}", rank=0, world_size=1)
+atexit.register(lambda: print("alive" if dist.is_initialized() else "destroyed"))  # registered first, runs last
+destroy_process_group_at_exit()
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["destroyed"]
+
+
 def _check(tmp_path, name, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "fsdp_check.py"), "--out", str(tmp_path / name), *args]

@@ -173,3 +173,23 @@ def fsdp_strategy(reshard_after_forward: bool = True, param_dtype: str | None = 
     """Hydra target of ``trainer=fsdp`` / ``trainer=fsdp_cpu``."""
     return FSDP2Strategy(reshard_after_forward=reshard_after_forward, param_dtype=param_dtype,
                          state_dict_type=state_dict_type, layer_classes=layer_classes, **kwargs)
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy this process's process group at interpreter exit, whatever its backend.
+
+    Lightning registers this for NCCL only. A gloo rank (CPU runs: ``trainer=fsdp_cpu``, the tests' two-rank
+    runs) that exits with its group alive can abort in interpreter finalisation ("terminate called without an
+    active exception", SIGABRT; pytorch/pytorch#190489) after its work is done, and the launcher then reports the
+    finished run as failed. Destroying a gloo group only joins this process's own worker threads, so a rank that
+    finishes first does not wait for rank 0's export and evaluation."""
+    import atexit
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.unregister(_destroy_process_group)  # once per process, however many runs it makes
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
