@@ -83,8 +83,7 @@ def run(args) -> None:
     from reasoning_embed.models.export import export_encoder
     from reasoning_embed.training.hrsa_callback import HRSACallback
     from reasoning_embed.training.module import ContrastiveModule
-    from reasoning_embed.training.strategies import (destroy_process_group_at_exit, fsdp_strategy, full_encoder,
-                                                     is_sharded)
+    from reasoning_embed.training.strategies import fsdp_strategy, full_encoder, is_sharded
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +111,6 @@ def run(args) -> None:
     batches = _batches(encoder, args.global_batch, args.steps, rank, world)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=torch.utils.data.DataLoader([0], batch_size=1))
-    destroy_process_group_at_exit()
     sharded = is_sharded(module.encoder)
     plain = full_encoder(module.encoder)  # every rank joins; rank 0 gets the unsharded copy
     if trainer.is_global_zero:

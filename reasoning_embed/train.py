@@ -139,9 +139,6 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict:
     except SystemExit:  # Lightning's SIGTERMException after a handled signal is the interruption itself
         if interrupt.signum is None:
             raise
-    from reasoning_embed.training.strategies import destroy_process_group_at_exit, full_encoder
-
-    destroy_process_group_at_exit()  # a multi-rank run's group (gloo included) ends before the interpreter does
     if interrupt.signum is not None:
         interrupt.save_after_fit(trainer)  # no-op when the callback already saved at the step's end
         raise RunInterrupted(interrupt.signum, interrupt.saved_step, interrupt.ckpt_path)
@@ -177,6 +174,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict:
     metrics["embedding_spread"] = dict(module.last_spread)
     metrics["collapsed"] = bool(module.collapsed)
     write()
+    from reasoning_embed.training.strategies import full_encoder
+
     encoder = full_encoder(module.encoder)  # FSDP: every rank joins the gathering; rank 0 gets a plain copy
     if trainer.is_global_zero:
         if cfg.get("export", True):

@@ -90,15 +90,19 @@ def test_fsdp_trainer_config_builds_the_fsdp2_strategy(train_cfg):
 
 def test_a_gloo_process_group_is_destroyed_before_the_interpreter_exits(tmp_path):
     """Lightning destroys NCCL groups at exit only; a gloo rank exiting with its group alive can abort in
-    interpreter finalisation (SIGABRT, pytorch/pytorch#190489), which failed a finished two-rank run here once."""
+    interpreter finalisation (SIGABRT, pytorch/pytorch#190489), which failed a finished two-rank run here once.
+    Every rank's fit starts with the module's ``on_fit_start``, spawned ranks included."""
     script = f"""
 import atexit
+import torch
 import torch.distributed as dist
-from reasoning_embed.training.strategies import destroy_process_group_at_exit
-destroy_process_group_at_exit()  # no group yet: nothing to do, no error
+from reasoning_embed.training.module import ContrastiveModule
+module = ContrastiveModule(torch.nn.Linear(2, 2), optimizer=None)
+module.on_fit_start()  # no group (one process): nothing to destroy, no error
 dist.init_process_group("gloo", init_method="file://{tmp_path / 'pg'}", rank=0, world_size=1)
 atexit.register(lambda: print("alive" if dist.is_initialized() else "destroyed"))  # registered first, runs last
-destroy_process_group_at_exit()
+module.on_fit_start()
+module.on_fit_start()  # a second fit in the same process registers nothing more
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

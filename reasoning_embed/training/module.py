@@ -71,7 +71,10 @@ class ContrastiveModule(L.LightningModule):
             log.info(self.effective_recipe)
 
     def on_fit_start(self):
+        from reasoning_embed.training.strategies import destroy_process_group_at_exit
+
         self.encoder.train()  # from_pretrained returns eval mode
+        destroy_process_group_at_exit()  # every rank, spawned ones too; gloo included (Lightning: NCCL only)
 
     def configure_model(self):
         from reasoning_embed.training.strategies import configure_sharding
