@@ -102,7 +102,7 @@ module.on_fit_start()  # no group (one process): nothing to destroy, no error
 dist.init_process_group("gloo", init_method="file://{tmp_path / 'pg'}", rank=0, world_size=1)
 atexit.register(lambda: print("alive" if dist.is_initialized() else "destroyed"))  # registered first, runs last
 module.on_fit_start()
-module.on_fit_start()  # a second fit in the same process registers nothing more
+module.on_fit_start()  # again, as a second fit in the same process would: no error
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
