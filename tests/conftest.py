@@ -18,6 +18,13 @@ from reasoning_embed import CONF_DIR
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def corpus_overrides(corpus_dir: Path) -> list[str]:
+    """Entry-point overrides that read the session's stdlib corpus (``corpus_dir``) as the run's data and tokenizer
+    corpus, where the default would build or mine one under ``paths.data_dir``."""
+    return [f"data.offline_corpus={corpus_dir}", f"data.train={corpus_dir}/train", f"data.val={corpus_dir}/val",
+            f"encoder.corpus_dir={corpus_dir}"]
+
 MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
              intermediate_size=64, vocab_size=1024)
 

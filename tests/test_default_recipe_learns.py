@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, corpus_overrides
 
 STEPS = 150
 
@@ -33,8 +33,7 @@ def test_the_default_recipe_learns_past_its_lexical_start_and_reaches_bm25(corpu
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "reasoning_embed.train", "experiment=offline_default", "data=offline_random",
-         f"hydra.run.dir={run_dir}", f"paths.data_dir={corpus_dir.parent}", f"data.offline_corpus={corpus_dir}",
-         f"data.train={corpus_dir}/train", f"data.val={corpus_dir}/val", f"encoder.corpus_dir={corpus_dir}",
+         f"hydra.run.dir={run_dir}", f"paths.data_dir={corpus_dir.parent}", *corpus_overrides(corpus_dir),
          f"paths.backbones_dir={tmp_path / 'backbones'}", f"trainer.max_steps={STEPS}",
          f"trainer.val_check_interval={STEPS}", f"callbacks.model_checkpoint.every_n_train_steps={STEPS}",
          "callbacks.hrsa=null", "callbacks.progress=null", "logger=none", "baselines=[bm25]", "export=false"],

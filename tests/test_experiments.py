@@ -8,7 +8,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
+from conftest import ROOT, corpus_overrides
 from reasoning_embed import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -160,8 +160,7 @@ def test_multirun_with_a_failing_job_and_report(micro_backbone, corpus_dir, tmp_
     proc = subprocess.run(
         [sys.executable, "-m", "reasoning_embed.train", "-m", "debug=fast", "logger=csv", "seed=1,2",
          f"hydra.sweep.dir={sweep}", f"backbone.path={tmp_path}/no_such_model,{micro_backbone}", "backbone.tiny=null",
-         f"data.offline_corpus={corpus_dir}", "data.mine_reference=null", f"data.train={corpus_dir}/train",
-         f"data.val={corpus_dir}/val", f"encoder.corpus_dir={corpus_dir}", "callbacks.progress=null", "export=false"],
+         *corpus_overrides(corpus_dir), "data.mine_reference=null", "callbacks.progress=null", "export=false"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert proc.returncode != 0  # the sweep reports its failures ...
     runs = sorted(p.parent.parent for p in sweep.glob("*/.hydra/config.yaml"))

@@ -20,7 +20,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from conftest import ROOT, run_short_training, synthetic_rows, write_jsonl
+from conftest import ROOT, corpus_overrides, run_short_training, synthetic_rows, write_jsonl
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
        "PYTHONUNBUFFERED": "1"}
@@ -31,8 +31,7 @@ HOLD = ("import sys, time; from reasoning_embed.utils.run_lock import hold_run_d
 def _cli_args(micro_backbone, corpus_dir, run_dir, *extra):
     return [sys.executable, "-m", "reasoning_embed.train", "debug=fast", "logger=none", f"hydra.run.dir={run_dir}",
             f"backbone.path={micro_backbone}", "backbone.tiny=null", f"paths.data_dir={corpus_dir.parent}",
-            f"data.offline_corpus={corpus_dir}", "data.mine_reference=null", f"data.train={corpus_dir}/train",
-            f"data.val={corpus_dir}/val", f"encoder.corpus_dir={corpus_dir}", "callbacks.progress=null", *extra]
+            *corpus_overrides(corpus_dir), "data.mine_reference=null", "callbacks.progress=null", *extra]
 
 
 def _holder(run_dir: Path) -> subprocess.Popen:

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from conftest import ROOT, run_short_training
+from conftest import ROOT, corpus_overrides, run_short_training
 
 
 def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_path):
@@ -16,8 +16,7 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "reasoning_embed.train", "debug=fast", f"hydra.run.dir={run_dir}",
          f"backbone.path={micro_backbone}", "backbone.tiny=null", f"paths.data_dir={corpus_dir.parent}",
-         f"data.offline_corpus={corpus_dir}", "data.mine_reference=null", f"data.train={corpus_dir}/train", f"data.val={corpus_dir}/val",
-         f"encoder.corpus_dir={corpus_dir}", "callbacks.progress=null", "eval.benchmark=local"],
+         *corpus_overrides(corpus_dir), "data.mine_reference=null", "callbacks.progress=null", "eval.benchmark=local"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for path in (".hydra/config.yaml", "checkpoints/last.ckpt", "model/config.json", "model/modules.json",
