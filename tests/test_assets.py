@@ -120,5 +120,5 @@ def test_idf_embedding_init_makes_the_untrained_mean_pool_an_idf_weighted_bag(co
 
 
 def test_an_unknown_embedding_init_is_refused_with_the_choices(corpus_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"embedding_init must be one of \['normal', 'idf'\], got 'zeros'"):
+    with pytest.raises(ValueError, match=r"embedding_init must be one of \['normal', 'idf', 'distilled'\], got 'zeros'"):
         tiny_backbone(tmp_path / "backbones" / "tiny_random", {**TINY, "embedding_init": "zeros"}, corpus_dir)

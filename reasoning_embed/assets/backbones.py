@@ -35,7 +35,7 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
     corpus = stdlib_corpus(corpus_dir)
     model = {k: tiny[k] for k in MODEL_KEYS if k in tiny}
     init = {k: tiny[k] for k in RANDOM_INIT_KEYS if k in tiny}
-    base = {"package": package_identity(), "corpus": corpus_identity(corpus)}
+    base = {"package": package_identity(), "corpus": corpus_identity(corpus), **_teacher(init)}
     target = Path(path)
     if bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS:
         lexical = {k: tiny[k] for k in LEXICAL_KEYS if k in tiny}
@@ -55,6 +55,16 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
                       log=log)
 
 
+def _teacher(init: dict) -> dict:
+    """``{"teacher": identity}`` when the token embeddings are distilled from the shipped MiniLM
+    (``models.token_distill``): its weights decide them. Empty otherwise, so other builds keep their hash."""
+    if init.get("embedding_init") != "distilled":
+        return {}
+    from reasoning_embed.models.loading import model_identity, resolve_spec
+
+    return {"teacher": model_identity(resolve_spec("minilm"))}
+
+
 def foundry_triple(root: str | Path, corpus_dir: str | Path, cfg: dict | None = None, force: bool = False,
                    progress: bool = True, log=print) -> Path:
     """``<root>/tiny_triple-<hash>/`` holding tiny_base, tiny_rlvr, tiny_sft built by the foundry with ``cfg``
@@ -66,8 +76,8 @@ def foundry_triple(root: str | Path, corpus_dir: str | Path, cfg: dict | None = 
 
     corpus = stdlib_corpus(corpus_dir)
     full = merge(DEFAULTS, cfg)
-    spec = {"package": package_identity(), "corpus": corpus_identity(corpus), "builder": "reasoning_embed.foundry",
-            "config": full}
+    spec = {"package": package_identity(), "corpus": corpus_identity(corpus), **_teacher(full["model"]),
+            "builder": "reasoning_embed.foundry", "config": full}
     if force:
         shutil.rmtree(Path(root) / f"tiny_triple-{spec_hash(spec)}", ignore_errors=True)
     return build_once(root, "tiny_triple", spec,

@@ -25,7 +25,7 @@ DEFAULTS = {
     "threads": 1,
     "model": {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 256, "tokenizer": "bpe_code", "vocab_size": 4096, "residual_init_scale": 0.1,
-              "embedding_init": "idf", "rms_norm_eps": 1.0, "lexical_dims": 192, "lexical_gain": 256.0},
+              "embedding_init": "distilled", "rms_norm_eps": 1.0, "lexical_dims": 192, "lexical_gain": 256.0},
     "problems": {"kinds": ["add", "sub", "max", "parity"], "heldout_fraction": 0.25},
     "pretrain": {"steps": 700, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
                  "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000,

@@ -99,7 +99,7 @@ def qwen_tokenizer():
     return tok
 
 
-EMBEDDING_INITS = ("normal", "idf")
+EMBEDDING_INITS = ("normal", "idf", "distilled")
 IDF_INIT_RMS = 0.1  # the RMS of the rarest token's row (rows scale with IDF / max IDF)
 
 
@@ -150,7 +150,8 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
 
     ``embedding_init``: ``normal`` (Qwen2's init) or ``idf`` (``idf_embeddings``: each token's row is a random
     direction whose length is its IDF over the corpus' train passages, so the mean-pooled untrained model is a
-    random projection of the IDF-weighted bag of tokens). Every RMSNorm divides a token's state by its RMS, so a
+    random projection of the IDF-weighted bag of tokens) or ``distilled`` (``models.token_distill``: the IDF rows
+    moved so a text's mean row points where the shipped all-MiniLM-L6-v2 embeds it; the foundry's). Every RMSNorm divides a token's state by its RMS, so a
     mean pool weighs all tokens alike whatever their embedding lengths; ``rms_norm_eps`` 1 (Qwen2: 1e-6) with
     rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear, so the weights survive the pool."""
     check_embedding_init(embedding_init)
@@ -190,9 +191,15 @@ def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    if embedding_init == "idf":
+    if embedding_init in ("idf", "distilled"):
+        if embedding_init == "idf":
+            rows = idf_embeddings(tok, corpus_dir, hidden_size, seed)
+        else:
+            from reasoning_embed.models.token_distill import distilled_embeddings
+
+            rows = distilled_embeddings(tok, corpus_dir, hidden_size, seed)
         with torch.no_grad():
-            model.get_input_embeddings().weight.copy_(idf_embeddings(tok, corpus_dir, hidden_size, seed))
+            model.get_input_embeddings().weight.copy_(rows)
             if not tie_word_embeddings:  # the untied head starts as the tied one would
                 model.get_output_embeddings().weight.copy_(model.get_input_embeddings().weight)
     if residual_init_scale != 1.0:
