@@ -183,7 +183,7 @@ def test_micro_build_writes_the_triple_with_its_record(micro_triple):
         assert math.isfinite(m["lm_loss_heldout"]) and m["seed"] == 3
         for k in ("steps", "tokens", "config", "stage_seconds"):
             assert k in m
-        assert {"pretrain", "rlvr", "sft", "total"} <= set(m["stage_seconds"])
+        assert {"init", "pretrain", "rlvr", "sft", "total"} <= set(m["stage_seconds"])
     assert metas["rlvr"]["steps"] == metas["sft"]["steps"] == 2  # matched optimizer steps
     assert len({m["triple_id"] for m in metas.values()}) == 1
 
@@ -460,3 +460,18 @@ def test_distilled_token_init_gives_the_mean_pool_the_teachers_similarities(smal
     assert torch.allclose(scale, scale.flatten()[0].expand_as(scale), rtol=1e-4)  # the IDF rows, one common scale
     assert not torch.allclose(rows[sorted(seen)] / idf[sorted(seen)], scale.flatten()[0].expand(len(seen), 32))
     assert math.isclose(rows.pow(2).mean(1).sqrt().max().item(), IDF_INIT_RMS, rel_tol=1e-5)
+
+
+def test_a_distilled_init_wider_than_its_teacher_is_refused_before_the_teacher_runs(micro_corpus, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    from reasoning_embed.models.tiny import make_tokenizer
+    from reasoning_embed.models.token_distill import distilled_embeddings
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the teacher ran for a width it cannot fill")
+
+    monkeypatch.setattr(SentenceTransformer, "encode", no_encoding)
+    tok = make_tokenizer("bpe_code", micro_corpus, 600)
+    with pytest.raises(ValueError, match=r"hidden_size <= the teacher's width \(384\), got 512"):
+        distilled_embeddings(tok, micro_corpus, 512, 0, log=lambda *_: None)

@@ -41,7 +41,7 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
         lexical = {k: tiny[k] for k in LEXICAL_KEYS if k in tiny}
         cfg = {"model": {**model, **init, **lexical}, "seed": int(tiny.get("seed", 0)),
                **(tiny.get("foundry_overrides") or {})}
-        log(f"[reasoning-embed] tiny_{variant}: the foundry's base/rlvr/sft triple (built once, offline, ~5 min "
+        log(f"[reasoning-embed] tiny_{variant}: the foundry's base/rlvr/sft triple (built once, offline, ~9 min "
             f"on one CPU core if missing; python -m reasoning_embed.foundry)")
         return foundry_triple(target.parent, corpus, cfg, log=log) / f"tiny_{variant}"
     from reasoning_embed.models.tiny import build_tiny_backbone

@@ -122,7 +122,9 @@ def _train_variants(cfg: dict, tok, eval_set, lm_blocks, blocks, clock: _StageCl
     from reasoning_embed.foundry.sft import sft_train
 
     seed, kinds, hf = int(cfg["seed"]), list(cfg["problems"]["kinds"]), cfg["problems"]["heldout_fraction"]
-    base = _base_model(tok, cfg["model"], seed, corpus_dir)
+    t0 = clock.start()
+    base = _base_model(tok, cfg["model"], seed, corpus_dir)  # the distilled init runs its teacher here
+    clock.stop("init", t0)
     lexical = cfg["model"]["lexical_dims"]
     total = cfg["pretrain"]["steps"] + 2 * cfg["grpo"]["steps"] * cfg["grpo"]["ppo_epochs"]
     bar = tqdm(total=total, desc="foundry", unit="step", disable=not progress, file=sys.stderr,
