@@ -315,6 +315,7 @@ def test_lexical_channel_is_held_while_the_triple_is_a_language_model(micro_corp
 
     from reasoning_embed.foundry import build_triple
     from reasoning_embed.models.backbone import load_tokenizer
+    from reasoning_embed.models.tiny import IDF_INIT_RMS, idf_embeddings
     from reasoning_embed.models.token_distill import distilled_embeddings
 
     assert "embedding_init" not in MICRO_MODEL  # the build's default init, checked below
@@ -325,7 +326,8 @@ def test_lexical_channel_is_held_while_the_triple_is_a_language_model(micro_corp
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the build's thread count (MICRO_CFG): the same rows to the bit
     try:
-        init = distilled_embeddings(tok, micro_corpus, 32, 3, log=lambda *_: None)
+        init = distilled_embeddings(tok, micro_corpus, idf_embeddings(tok, micro_corpus, 32, 3), IDF_INIT_RMS, 3,
+                                    log=lambda *_: None)
     finally:
         torch.set_num_threads(threads)
     emb = w["base"]["model.embed_tokens.weight"]
@@ -431,7 +433,8 @@ def test_distilled_token_init_gives_the_mean_pool_the_teachers_similarities(smal
 
     tok = make_tokenizer("bpe_code", small_corpus, 600)
     quiet = lambda *_: None  # noqa: E731
-    rows, idf = distilled_embeddings(tok, small_corpus, 32, 3, log=quiet), idf_embeddings(tok, small_corpus, 32, 3)
+    idf = idf_embeddings(tok, small_corpus, 32, 3)
+    rows = distilled_embeddings(tok, small_corpus, idf, IDF_INIT_RMS, 3, log=quiet)
     teacher = SentenceTransformer(str(minilm_dir()), device="cpu")
     teacher.max_seq_length = TEACHER_MAX_TOKENS
 
@@ -465,7 +468,7 @@ def test_distilled_token_init_gives_the_mean_pool_the_teachers_similarities(smal
 def test_a_distilled_init_wider_than_its_teacher_is_refused_before_the_teacher_runs(micro_corpus, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    from reasoning_embed.models.tiny import make_tokenizer
+    from reasoning_embed.models.tiny import IDF_INIT_RMS, idf_embeddings, make_tokenizer
     from reasoning_embed.models.token_distill import distilled_embeddings
 
     def no_encoding(*args, **kwargs):
@@ -474,4 +477,5 @@ def test_a_distilled_init_wider_than_its_teacher_is_refused_before_the_teacher_r
     monkeypatch.setattr(SentenceTransformer, "encode", no_encoding)
     tok = make_tokenizer("bpe_code", micro_corpus, 600)
     with pytest.raises(ValueError, match=r"hidden_size <= the teacher's width \(384\), got 512"):
-        distilled_embeddings(tok, micro_corpus, 512, 0, log=lambda *_: None)
+        distilled_embeddings(tok, micro_corpus, idf_embeddings(tok, micro_corpus, 512, 0), IDF_INIT_RMS, 0,
+                             log=lambda *_: None)

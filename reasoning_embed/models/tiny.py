@@ -197,7 +197,8 @@ def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_
         else:
             from reasoning_embed.models.token_distill import distilled_embeddings
 
-            rows = distilled_embeddings(tok, corpus_dir, hidden_size, seed)
+            rows = distilled_embeddings(tok, corpus_dir, idf_embeddings(tok, corpus_dir, hidden_size, seed),
+                                        IDF_INIT_RMS, seed)
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(rows)
             if not tie_word_embeddings:  # the untied head starts as the tied one would

@@ -10,7 +10,7 @@ encoder into static token vectors. Tokens the train text never holds keep their 
 
 The leading components go into the *last* dimensions: the foundry's lexical channel (``foundry/lexical.py``)
 is the last ``lexical_dims`` of the hidden size, so it carries the most of the teacher. Rows are rescaled so
-the largest RMS is ``IDF_INIT_RMS`` (the near-linear range of the tiny backbone's RMSNorms, as the IDF init).
+the largest RMS is the IDF init's ``IDF_INIT_RMS`` (the near-linear range of the tiny backbone's RMSNorms).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TEACHER_MAX_TOKENS = 64  # the teacher's wordpieces per text: about the text the
 STUDENT_MAX_TOKENS = 64  # the backbone's tokens per text (the study's query and passage lengths)
 BATCH = 256
 STEPS = 368  # 8 epochs of the stdlib train split's 11,723 texts (46 batches each)
-LR = 3e-2  # Adam on rows of RMS <= 1 (rescaled to IDF_INIT_RMS at the end)
+LR = 3e-2  # Adam on rows of RMS <= ~1 (rescaled to the start's row RMS at the end)
 
 
 def distill_texts(corpus_dir: str | Path) -> list[str]:
@@ -53,16 +53,15 @@ def teacher_targets(texts: list[str], dims: int, log=print):
     return centred @ vt[:dims].T
 
 
-def distilled_embeddings(tok, corpus_dir: str | Path, hidden_size: int, seed: int, log=print):
-    """Token embedding rows (len(tok), hidden_size), float32: the IDF rows of ``seed`` distilled towards the
-    teacher's text embeddings (module docstring). Deterministic for a seed and thread count."""
+def distilled_embeddings(tok, corpus_dir: str | Path, start, row_rms: float, seed: int, log=print):
+    """Token embedding rows like ``start`` (len(tok), hidden size; the IDF rows), float32, distilled towards the
+    teacher's text embeddings (module docstring) and rescaled so the largest row RMS is ``row_rms``.
+    Deterministic for a seed and thread count."""
     import torch
 
-    from reasoning_embed.models.tiny import IDF_INIT_RMS, idf_embeddings
-
     texts = distill_texts(corpus_dir)
-    targets = torch.as_tensor(teacher_targets(texts, hidden_size, log=log)[:, ::-1].copy(), dtype=torch.float32)
-    rows = torch.nn.Parameter(idf_embeddings(tok, corpus_dir, hidden_size, seed) / IDF_INIT_RMS)
+    targets = torch.as_tensor(teacher_targets(texts, start.shape[1], log=log)[:, ::-1].copy(), dtype=torch.float32)
+    rows = torch.nn.Parameter(start / row_rms)  # rows of RMS <= ~1, the scale LR is for
     ids = [t[:STUDENT_MAX_TOKENS] or [tok.pad_token_id] for t in tok(texts, add_special_tokens=False)["input_ids"]]
     optimizer = torch.optim.Adam([rows], lr=LR)
     generator = torch.Generator().manual_seed(seed)
@@ -79,4 +78,4 @@ def distilled_embeddings(tok, corpus_dir: str | Path, hidden_size: int, seed: in
         loss.backward()
         optimizer.step()
     rows = rows.detach()
-    return (rows * (IDF_INIT_RMS / rows.pow(2).mean(1).sqrt().max())).float()
+    return (rows * (row_rms / rows.pow(2).mean(1).sqrt().max())).float()
