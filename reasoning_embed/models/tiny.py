@@ -151,9 +151,10 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     ``embedding_init``: ``normal`` (Qwen2's init) or ``idf`` (``idf_embeddings``: each token's row is a random
     direction whose length is its IDF over the corpus' train passages, so the mean-pooled untrained model is a
     random projection of the IDF-weighted bag of tokens) or ``distilled`` (``models.token_distill``: the IDF rows
-    moved so a text's mean row points where the shipped all-MiniLM-L6-v2 embeds it; the foundry's). Every RMSNorm divides a token's state by its RMS, so a
-    mean pool weighs all tokens alike whatever their embedding lengths; ``rms_norm_eps`` 1 (Qwen2: 1e-6) with
-    rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear, so the weights survive the pool."""
+    moved so a text's mean row points where the shipped all-MiniLM-L6-v2 embeds it; the foundry's). Every RMSNorm
+    divides a token's state by its RMS, so a mean pool weighs all tokens alike whatever their embedding lengths;
+    ``rms_norm_eps`` 1 (Qwen2: 1e-6) with rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear,
+    so the weights survive the pool."""
     check_embedding_init(embedding_init)
     out_dir = Path(out_dir)
     tok = make_tokenizer(tokenizer, corpus_dir, vocab_size)
@@ -192,13 +193,11 @@ def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if embedding_init in ("idf", "distilled"):
-        if embedding_init == "idf":
-            rows = idf_embeddings(tok, corpus_dir, hidden_size, seed)
-        else:
+        rows = idf_embeddings(tok, corpus_dir, hidden_size, seed)
+        if embedding_init == "distilled":  # the IDF rows, moved towards MiniLM's embeddings of the train texts
             from reasoning_embed.models.token_distill import distilled_embeddings
 
-            rows = distilled_embeddings(tok, corpus_dir, idf_embeddings(tok, corpus_dir, hidden_size, seed),
-                                        IDF_INIT_RMS, seed)
+            rows = distilled_embeddings(tok, corpus_dir, rows, IDF_INIT_RMS, seed)
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(rows)
             if not tie_word_embeddings:  # the untied head starts as the tied one would

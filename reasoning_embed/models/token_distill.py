@@ -68,7 +68,7 @@ def distilled_embeddings(tok, corpus_dir: str | Path, start, row_rms: float, see
     batches = []
     while len(batches) < STEPS:  # epochs of shuffled batches, as many as the steps need
         order = torch.randperm(len(texts), generator=generator).tolist()
-        batches += [order[start:start + BATCH] for start in range(0, len(texts), BATCH)]
+        batches += [order[i:i + BATCH] for i in range(0, len(texts), BATCH)]
     for batch in batches[:STEPS]:
         flat = torch.tensor([i for b in batch for i in ids[b]])
         offsets = torch.tensor([0] + [len(ids[b]) for b in batch[:-1]]).cumsum(0)
