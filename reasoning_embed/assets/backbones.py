@@ -35,7 +35,7 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
     corpus = stdlib_corpus(corpus_dir)
     model = {k: tiny[k] for k in MODEL_KEYS if k in tiny}
     init = {k: tiny[k] for k in RANDOM_INIT_KEYS if k in tiny}
-    base = {"package": package_identity(), "corpus": corpus_identity(corpus), **_teacher(init)}
+    base = {"package": package_identity(), "corpus": corpus_identity(corpus)}
     target = Path(path)
     if bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS:
         lexical = {k: tiny[k] for k in LEXICAL_KEYS if k in tiny}
@@ -48,7 +48,8 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
 
     # distinct random inits for the variants of one seed
     seed = int(tiny.get("seed", 0)) + (FOUNDRY_VARIANTS.index(variant) if variant in FOUNDRY_VARIANTS else 0)
-    spec = {**base, "builder": "reasoning_embed.models.tiny", "variant": variant, "seed": seed, "model": model,
+    spec = {**base, **_teacher(init), "builder": "reasoning_embed.models.tiny", "variant": variant, "seed": seed,
+            "model": model,
             **({"init": init} if init else {})}  # no init key: the cache hash of existing builds is unchanged
     return build_once(target.parent, target.name, spec,
                       lambda staging: build_tiny_backbone(staging, corpus, seed=seed, variant=variant, **model, **init),
