@@ -10,7 +10,6 @@ settings reach by a margin (measured in the test's docstring below), not the hea
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -30,14 +29,13 @@ def test_the_default_recipe_learns_past_its_lexical_start_and_reaches_bm25(corpu
     away) 0.236 -> 0.372; one learning rate for all (``model.embedding_lr_scale=1``, 100 steps) 0.429 -> 0.433; the
     paper's temperature 0.02 (100 steps) 0.429 -> 0.413."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "reasoning_embed.train", "experiment=offline_default", "data=offline_random",
          f"hydra.run.dir={run_dir}", f"paths.data_dir={corpus_dir.parent}", *corpus_overrides(corpus_dir),
          f"paths.backbones_dir={tmp_path / 'backbones'}", f"trainer.max_steps={STEPS}",
          f"trainer.val_check_interval={STEPS}", f"callbacks.model_checkpoint.every_n_train_steps={STEPS}",
          "callbacks.hrsa=null", "callbacks.progress=null", "logger=none", "baselines=[bm25]", "export=false"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+        capture_output=True, text=True, cwd=ROOT, timeout=900)  # offline: conftest's environment
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     before, after = metrics["initial_val"]["val/ndcg@10"], metrics["final_val"]["val/ndcg@10"]
