@@ -14,9 +14,9 @@ from reasoning_embed.foundry.grpo import group_advantages, grpo_loss, k3_kl
 from reasoning_embed.foundry.problems import (KINDS, Problem, all_problems, heldout_eval_set, lenient_answer,
                                               problems, reward, split_of)
 
-# the foundry's model (DEFAULTS: bpe_code, the distilled init from a tuned teacher, a lexical channel) at micro size
+# the foundry's model (DEFAULTS: bpe_code, the distilled init, a lexical channel) at micro size
 MICRO_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                   intermediate_size=64, vocab_size=600, lexical_dims=20, teacher_tune_steps=2)
+                   intermediate_size=64, vocab_size=600, lexical_dims=20)
 MICRO_CFG = {
     "seed": 3, "threads": 1, "model": MICRO_MODEL,
     "pretrain": {"steps": 3, "batch_size": 4, "block_size": 32, "warmup": 1, "stdlib_chars": 20_000,
@@ -327,7 +327,7 @@ def test_lexical_channel_is_held_while_the_triple_is_a_language_model(micro_corp
     torch.set_num_threads(1)  # the build's thread count (MICRO_CFG): the same rows to the bit
     try:
         init = distilled_embeddings(tok, micro_corpus, idf_embeddings(tok, micro_corpus, 32, 3), IDF_INIT_RMS, 3,
-                                    log=lambda *_: None, teacher_tune_steps=MICRO_MODEL["teacher_tune_steps"])
+                                    log=lambda *_: None)
     finally:
         torch.set_num_threads(threads)
     emb = w["base"]["model.embed_tokens.weight"]
@@ -350,8 +350,7 @@ def test_a_model_config_the_build_cannot_make_is_refused_before_any_work(micro_c
 
     monkeypatch.setattr(build_module, "_data", no_work)
     for bad, match in (({"lexical_dims": 32}, "lexical_dims must be 0"), ({"lexical_gain": 0.0}, "lexical_gain"),
-                       ({"embedding_init": "zeros"}, "embedding_init"), ({"teacher_tune_steps": -1}, "teacher_tune_steps"),
-                       ({"teacher_tune_steps": 2.5}, "teacher_tune_steps must be an integer")):
+                       ({"embedding_init": "zeros"}, "embedding_init")):
         with pytest.raises(ValueError, match=match):
             build_triple(tmp_path, micro_corpus, {**MICRO_CFG, "model": {**MICRO_MODEL, **bad}}, progress=False,
                          log=lambda *_: None)
@@ -461,53 +460,6 @@ def test_distilled_token_init_gives_the_mean_pool_the_teachers_similarities(smal
     assert math.isclose(rows.pow(2).mean(1).sqrt().max().item(), IDF_INIT_RMS, rel_tol=1e-5)
 
 
-def _top1(queries, passages) -> float:
-    """Share of queries whose own passage (same index) is the nearest by cosine among all passages."""
-    import numpy as np
-
-    q = np.asarray(queries, dtype=np.float64)
-    p = np.asarray(passages, dtype=np.float64)
-    q, p = q / np.linalg.norm(q, axis=1, keepdims=True), p / np.linalg.norm(p, axis=1, keepdims=True)
-    return float(((q @ p.T).argmax(1) == np.arange(len(q))).mean())
-
-
-def test_a_tuned_teacher_ranks_held_out_summaries_with_their_bodies_and_so_do_its_distilled_rows(small_corpus):
-    """``teacher_tune_steps`` (models/token_distill.tune_teacher): a few steps of in-batch contrastive tuning on the
-    train pairs make MiniLM find each val summary's own docstring more often than as shipped, and the token rows
-    distilled from the tuned teacher find it more often than rows distilled from the shipped one (the reason the
-    foundry tunes it: the untrained base's channel 42.6 -> 45.0 on the held-out docstring task)."""
-    from sentence_transformers import SentenceTransformer
-
-    from reasoning_embed.data.jsonl import read_jsonl
-    from reasoning_embed.models.loading import minilm_dir
-    from reasoning_embed.models.tiny import IDF_INIT_RMS, idf_embeddings, make_tokenizer
-    from reasoning_embed.models.token_distill import STUDENT_MAX_TOKENS, TEACHER_MAX_TOKENS, distilled_embeddings, tune_teacher
-
-    val = read_jsonl(small_corpus / "val" / "docstring.jsonl")[0]
-    queries, passages = [r.query for r in val], [r.pos[0] for r in val]
-    teacher = SentenceTransformer(str(minilm_dir()), device="cpu")
-    teacher.max_seq_length = TEACHER_MAX_TOKENS
-    encode = lambda texts: teacher.encode(texts, convert_to_numpy=True)  # noqa: E731
-    shipped = _top1(encode(queries), encode(passages))
-    tune_teacher(teacher, small_corpus, 8, 3, log=lambda *_: None)
-    tuned = _top1(encode(queries), encode(passages))
-
-    tok = make_tokenizer("bpe_code", small_corpus, 600)
-    idf = idf_embeddings(tok, small_corpus, 32, 3)
-
-    def bags_top1(rows):
-        def bags(texts):
-            ids = [t[:STUDENT_MAX_TOKENS] for t in tok(texts, add_special_tokens=False)["input_ids"]]
-            return torch.stack([rows[i].double().mean(0) for i in ids]).numpy()
-        return _top1(bags(queries), bags(passages))
-
-    rows = {steps: bags_top1(distilled_embeddings(tok, small_corpus, idf, IDF_INIT_RMS, 3, log=lambda *_: None,
-                                                  progress=False, teacher_tune_steps=steps)) for steps in (0, 8)}
-    print({"teacher": (shipped, tuned), "rows": rows, "n": len(val)})
-    assert tuned > shipped + 0.03
-    assert rows[8] > rows[0] + 0.03
-
-
 def test_a_distilled_init_wider_than_its_teacher_is_refused_before_the_teacher_runs(micro_corpus, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
@@ -522,3 +474,26 @@ def test_a_distilled_init_wider_than_its_teacher_is_refused_before_the_teacher_r
     with pytest.raises(ValueError, match=r"hidden_size <= the teacher's width \(384\), got 512"):
         distilled_embeddings(tok, micro_corpus, idf_embeddings(tok, micro_corpus, 512, 0), IDF_INIT_RMS, 0,
                              log=lambda *_: None)
+
+
+def test_the_teachers_progress_bar_follows_progress(micro_corpus, monkeypatch):
+    """``python -m reasoning_embed.foundry progress=false`` hides every bar, the distilled init's teacher's too
+    (sentence-transformers shows one by default whenever logging is at INFO, as under Hydra)."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from reasoning_embed.models.tiny import IDF_INIT_RMS, idf_embeddings, make_tokenizer
+    from reasoning_embed.models.token_distill import distilled_embeddings
+
+    shown = []
+
+    def encode(self, texts, **kwargs):  # the teacher's pass, recorded (random vectors: only the flag matters here)
+        shown.append(kwargs.get("show_progress_bar"))
+        return np.random.default_rng(0).standard_normal((len(texts), 384)).astype(np.float32)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", encode)
+    tok = make_tokenizer("bpe_code", micro_corpus, 600)
+    for progress in (False, True):
+        distilled_embeddings(tok, micro_corpus, idf_embeddings(tok, micro_corpus, 32, 0), IDF_INIT_RMS, 0,
+                             log=lambda *_: None, progress=progress)
+    assert shown == [False, True]

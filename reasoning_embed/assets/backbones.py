@@ -20,7 +20,7 @@ FOUNDRY_VARIANTS = ("base", "rlvr", "sft")
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
               "tokenizer", "vocab_size")
 # the init (models.tiny.tiny_model): the random-init builder's and the foundry's base's
-RANDOM_INIT_KEYS = ("residual_init_scale", "embedding_init", "teacher_tune_steps", "rms_norm_eps")
+RANDOM_INIT_KEYS = ("residual_init_scale", "embedding_init", "rms_norm_eps")
 # the foundry's only: the triple's lexical channel while it is a language model (foundry/lexical.py)
 LEXICAL_KEYS = ("lexical_dims", "lexical_gain")
 

@@ -25,8 +25,7 @@ DEFAULTS = {
     "threads": 1,
     "model": {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 256, "tokenizer": "bpe_code", "vocab_size": 4096, "residual_init_scale": 0.1,
-              "embedding_init": "distilled", "teacher_tune_steps": 60, "rms_norm_eps": 1.0, "lexical_dims": 192,
-              "lexical_gain": 256.0},
+              "embedding_init": "distilled", "rms_norm_eps": 1.0, "lexical_dims": 192, "lexical_gain": 256.0},
     "problems": {"kinds": ["add", "sub", "max", "parity"], "heldout_fraction": 0.25},
     "pretrain": {"steps": 700, "batch_size": 32, "block_size": 64, "lr": 3e-3, "warmup": 30, "weight_decay": 0.1,
                  "stdlib_chars": 600_000, "fact_docs": 40_000, "qa_docs": 4_000, "task_qa_docs": 30_000,
@@ -104,7 +103,7 @@ def _base_model(tok, m: dict, seed: int, corpus_dir: Path, progress: bool):
     from reasoning_embed.models.tiny import tiny_model
 
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-            "residual_init_scale", "embedding_init", "teacher_tune_steps", "rms_norm_eps")
+            "residual_init_scale", "embedding_init", "rms_norm_eps")
     return tiny_model(tok, corpus_dir, seed=seed, tie_word_embeddings=not m["lexical_dims"],
                       progress=progress, **{k: m[k] for k in keys})
 
@@ -232,7 +231,7 @@ def build_triple(out: str | Path, corpus_dir: str | Path, cfg: dict | None = Non
 
     cfg = merge(DEFAULTS, cfg)
     m = cfg["model"]
-    check_embedding_init(m["embedding_init"], m["teacher_tune_steps"])  # before the tokenizer, the data and any training
+    check_embedding_init(m["embedding_init"])  # before the tokenizer, the data and any training
     check(m["hidden_size"], m["lexical_dims"], m["lexical_gain"])
     out, corpus_dir = Path(out), Path(corpus_dir)
     triple_id = spec_hash(cfg)

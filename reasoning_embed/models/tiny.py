@@ -103,14 +103,10 @@ EMBEDDING_INITS = ("normal", "idf", "distilled")
 IDF_INIT_RMS = 0.1  # the RMS of the rarest token's row (rows scale with IDF / max IDF)
 
 
-def check_embedding_init(embedding_init: str, teacher_tune_steps: int = 0) -> None:
-    """Refuse an unknown ``embedding_init`` or a negative ``teacher_tune_steps`` (called before the tokenizer
-    is trained, so it fails at once)."""
+def check_embedding_init(embedding_init: str) -> None:
+    """Refuse an unknown ``embedding_init`` (called before the tokenizer is trained, so it fails at once)."""
     if embedding_init not in EMBEDDING_INITS:
         raise ValueError(f"tiny.embedding_init must be one of {list(EMBEDDING_INITS)}, got {embedding_init!r}")
-    if isinstance(teacher_tune_steps, bool) or not isinstance(teacher_tune_steps, int) or teacher_tune_steps < 0:
-        raise ValueError(f"tiny.teacher_tune_steps must be an integer >= 0 (0: the teacher as shipped), "
-                         f"got {teacher_tune_steps!r}")
 
 
 def token_idf(tok, texts):
@@ -142,7 +138,7 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
                         num_hidden_layers: int = 4, num_attention_heads: int = 4, num_key_value_heads: int = 2,
                         intermediate_size: int = 512, tokenizer: str = "bpe", vocab_size: int = 4096,
                         variant: str = "base", residual_init_scale: float = 1.0, embedding_init: str = "normal",
-                        rms_norm_eps: float = 1e-6, teacher_tune_steps: int = 0, **_ignored) -> Path:
+                        rms_norm_eps: float = 1e-6, **_ignored) -> Path:
     """Write a random-init tiny Qwen2 causal LM + tokenizer to ``out_dir`` (atomically: all or nothing).
 
     ``residual_init_scale`` multiplies the initial output projections of every block (attention ``o_proj``,
@@ -159,14 +155,13 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
     divides a token's state by its RMS, so a mean pool weighs all tokens alike whatever their embedding lengths;
     ``rms_norm_eps`` 1 (Qwen2: 1e-6) with rows of RMS <= ``IDF_INIT_RMS`` keeps the norms within 0.5% of linear,
     so the weights survive the pool."""
-    check_embedding_init(embedding_init, teacher_tune_steps)
+    check_embedding_init(embedding_init)
     out_dir = Path(out_dir)
     tok = make_tokenizer(tokenizer, corpus_dir, vocab_size)
     model = tiny_model(tok, corpus_dir, seed=seed, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
                        intermediate_size=intermediate_size, residual_init_scale=residual_init_scale,
-                       embedding_init=embedding_init, rms_norm_eps=rms_norm_eps,
-                       teacher_tune_steps=teacher_tune_steps)
+                       embedding_init=embedding_init, rms_norm_eps=rms_norm_eps)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -174,7 +169,6 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
             "variant": variant, "how": "random init (no training); see reasoning_embed.models.tiny",
             "seed": seed, "tokenizer": tokenizer, "residual_init_scale": residual_init_scale,
             "embedding_init": embedding_init, "rms_norm_eps": rms_norm_eps, "heldout_accuracy": None,
-            "teacher_tune_steps": teacher_tune_steps,
         }, indent=2))
     return out_dir
 
@@ -182,15 +176,13 @@ def build_tiny_backbone(out_dir: str | Path, corpus_dir: str | Path, seed: int =
 def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_hidden_layers: int,
                num_attention_heads: int, num_key_value_heads: int, intermediate_size: int,
                residual_init_scale: float = 1.0, embedding_init: str = "normal", rms_norm_eps: float = 1e-6,
-               tie_word_embeddings: bool = True, progress: bool = True, teacher_tune_steps: int = 0):
+               tie_word_embeddings: bool = True, progress: bool = True):
     """A freshly initialised ``Qwen2ForCausalLM`` for ``tok`` (the init ``build_tiny_backbone`` documents);
-    the foundry pre-trains its base from the same init. ``progress``: the distilled init's teacher shows a bar;
-    ``teacher_tune_steps``: its tuning before it is distilled (``models.token_distill``; read only by the
-    distilled init)."""
+    the foundry pre-trains its base from the same init. ``progress``: the distilled init's teacher shows a bar."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    check_embedding_init(embedding_init, teacher_tune_steps)
+    check_embedding_init(embedding_init)
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
@@ -205,8 +197,7 @@ def tiny_model(tok, corpus_dir: str | Path, *, seed: int, hidden_size: int, num_
         if embedding_init == "distilled":  # the IDF rows, moved towards MiniLM's embeddings of the train texts
             from reasoning_embed.models.token_distill import distilled_embeddings
 
-            rows = distilled_embeddings(tok, corpus_dir, rows, IDF_INIT_RMS, seed, progress=progress,
-                                        teacher_tune_steps=teacher_tune_steps)
+            rows = distilled_embeddings(tok, corpus_dir, rows, IDF_INIT_RMS, seed, progress=progress)
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(rows)
             if not tie_word_embeddings:  # the untied head starts as the tied one would
