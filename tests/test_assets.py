@@ -57,6 +57,26 @@ def test_a_moved_checkout_reuses_its_caches(corpus_dir, tmp_path):
     assert str(tmp_path) not in (again / "asset.json").read_text()
 
 
+def test_another_version_of_a_numeric_library_builds_its_own_copy(corpus_dir, tmp_path, monkeypatch):
+    """The spec names torch's, transformers', sentence-transformers' and tokenizers' versions (their numerics decide
+    the weights): an upgraded install never reuses a model its code would not reproduce."""
+    from importlib.metadata import version
+
+    import reasoning_embed.utils.hashing as hashing
+
+    path = tmp_path / "backbones" / "tiny_random"
+    first = tiny_backbone(path, TINY, corpus_dir)
+    libraries = json.loads((first / "asset.json").read_text())["spec"]["libraries"]
+    assert set(libraries) == {"torch", "transformers", "sentence-transformers", "tokenizers"}
+    assert libraries["torch"] == version("torch") and libraries["transformers"] == version("transformers")
+    real = hashing.library_versions
+    monkeypatch.setattr(hashing, "library_versions", lambda names=hashing.NUMERIC_LIBRARIES: {
+        **real(names), "transformers": "0.0.1"})
+    upgraded = tiny_backbone(path, TINY, corpus_dir)
+    assert upgraded != first and json.loads((upgraded / "asset.json").read_text())["spec"]["libraries"][
+        "transformers"] == "0.0.1"
+
+
 def test_build_once_builds_each_spec_once_and_leaves_no_partial_build(tmp_path):
     calls = []
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reasoning_embed.assets.cache import build_once, package_identity
+from reasoning_embed.assets.cache import build_identity, build_once
 from reasoning_embed.assets.corpus import corpus_identity, stdlib_corpus
 from reasoning_embed.errors import BackboneNotAvailableError
 
@@ -35,7 +35,7 @@ def tiny_backbone(path: str | Path, tiny: dict, corpus_dir: str | Path | None, l
     corpus = stdlib_corpus(corpus_dir)
     model = {k: tiny[k] for k in MODEL_KEYS if k in tiny}
     init = {k: tiny[k] for k in RANDOM_INIT_KEYS if k in tiny}
-    base = {"package": package_identity(), "corpus": corpus_identity(corpus)}
+    base = {**build_identity(), "corpus": corpus_identity(corpus)}
     target = Path(path)
     if bool(tiny.get("foundry", True)) and variant in FOUNDRY_VARIANTS:
         lexical = {k: tiny[k] for k in LEXICAL_KEYS if k in tiny}
@@ -77,7 +77,7 @@ def foundry_triple(root: str | Path, corpus_dir: str | Path, cfg: dict | None = 
 
     corpus = stdlib_corpus(corpus_dir)
     full = merge(DEFAULTS, cfg)
-    spec = {"package": package_identity(), "corpus": corpus_identity(corpus), **_teacher(full["model"]),
+    spec = {**build_identity(), "corpus": corpus_identity(corpus), **_teacher(full["model"]),
             "builder": "reasoning_embed.foundry", "config": full}
     if force:
         shutil.rmtree(Path(root) / f"tiny_triple-{spec_hash(spec)}", ignore_errors=True)

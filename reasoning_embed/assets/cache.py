@@ -2,8 +2,8 @@
 
 ``build_once(root, name, spec, build)`` returns ``<root>/<name>-<hash of spec>``, building it with
 ``build(staging_dir)`` the first time. A different spec has a different directory, so a cache never returns
-another spec's artefact. The spec holds the *identity* of what the artefact depends on (a package version, a
-hash of model files or of a corpus manifest), never an absolute path: a moved checkout reuses its caches.
+another spec's artefact. The spec holds the *identity* of what the artefact depends on (the package's and the
+numeric libraries' versions, a hash of model files or of a corpus manifest), never an absolute path: a moved checkout reuses its caches.
 Concurrent builders (DDP ranks, parallel jobs) take a file lock: the first builds, the others wait and reuse.
 """
 
@@ -56,3 +56,11 @@ def package_identity() -> str:
     from reasoning_embed import __version__
 
     return f"reasoning-embed=={__version__}"
+
+
+def build_identity() -> dict:
+    """What every built asset depends on besides its own inputs: this package's version and the versions of the
+    libraries whose numerics decide a model's weights or embeddings (``utils.hashing.library_versions``)."""
+    from reasoning_embed.utils.hashing import library_versions
+
+    return {"package": package_identity(), "libraries": library_versions()}

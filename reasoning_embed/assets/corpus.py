@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
-from reasoning_embed.assets.cache import build_once, package_identity
+from reasoning_embed.assets.cache import build_identity, build_once
 
 
 def stdlib_corpus(corpus_dir: str | Path) -> Path:
@@ -45,7 +45,7 @@ def mined_corpus(corpus_dir: str | Path, reference: str = "minilm", max_length: 
     corpus_dir = stdlib_corpus(corpus_dir) if build_corpus else Path(corpus_dir)
     settings = settings or MineSettings(mode="replace")
     spec = {"builder": "reasoning_embed.mining.offline", "version": OFFLINE_MINING_VERSION,
-            "package": package_identity(), "corpus": corpus_identity(corpus_dir),
+            **build_identity(), "corpus": corpus_identity(corpus_dir),
             "reference": model_identity(resolve_spec(reference)), "max_length": max_length,
             "settings": {k: v for k, v in asdict(settings).items() if k != "keep_work_dir"}}
     return build_once(corpus_dir.parent, f"{corpus_dir.name}_mined", spec,

