@@ -44,7 +44,7 @@ def test_residual_init_scale_scales_only_the_block_outputs_and_keys_its_own_cach
 
 
 def test_a_moved_checkout_reuses_its_caches(corpus_dir, tmp_path):
-    """Cache keys hold identities (package version, corpus manifest), never absolute paths."""
+    """Cache keys hold identities (package and library versions, corpus manifest), never absolute paths."""
     root_a = tmp_path / "a"
     shutil.copytree(corpus_dir, root_a / "data" / "stdlib")
     built = tiny_backbone(root_a / "backbones" / "tiny_random", TINY, root_a / "data" / "stdlib")
