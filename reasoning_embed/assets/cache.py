@@ -3,7 +3,8 @@
 ``build_once(root, name, spec, build)`` returns ``<root>/<name>-<hash of spec>``, building it with
 ``build(staging_dir)`` the first time. A different spec has a different directory, so a cache never returns
 another spec's artefact. The spec holds the *identity* of what the artefact depends on (the package's and the
-numeric libraries' versions, a hash of model files or of a corpus manifest), never an absolute path: a moved checkout reuses its caches.
+numeric libraries' versions, a hash of model files or of a corpus manifest), never an absolute path: a moved
+checkout reuses its caches.
 Concurrent builders (DDP ranks, parallel jobs) take a file lock: the first builds, the others wait and reuse.
 """
 
