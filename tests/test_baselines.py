@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import reasoning_embed.utils.hashing as hashing
 from reasoning_embed.evaluation import baselines as bl
 from reasoning_embed.retrieval import RetrievalSet
 
@@ -43,7 +44,7 @@ def test_baseline_keys_are_those_of_final_val_and_are_cached(tmp_path, monkeypat
     monkeypatch.setattr(bl, "bm25_search", no_search)
     assert bl.baseline_metrics([SET], ["bm25"], cache_dir=tmp_path) == out
     # another bm25s scores again: the cache key holds the scorer's version
-    monkeypatch.setattr(bl, "library_versions", lambda names: {n: "0.0.1" for n in names})
+    monkeypatch.setattr(hashing, "library_versions", lambda names: {n: "0.0.1" for n in names})
     with pytest.raises(AssertionError, match="scored again"):
         bl.baseline_metrics([SET], ["bm25"], cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown"):

