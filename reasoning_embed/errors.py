@@ -15,6 +15,10 @@ class DataFormatError(ReasoningEmbedError, ValueError):
         self.path, self.line, self.key = path, line, key
 
 
+class ConfigValueError(ReasoningEmbedError, ValueError):
+    """A configuration key holds a value the code cannot use; the message names the key and what it expects."""
+
+
 class BackboneNotAvailableError(ReasoningEmbedError, OSError):
     """A hub backbone is neither a local directory nor in the local Hugging Face cache while offline."""
 

@@ -105,6 +105,77 @@ def test_ranks_split_the_same_global_batch():
     assert [a + b for a, b in zip(r0, r1)] == full
 
 
+def _rows_per_file(batches, sizes):
+    bounds = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    return Counter(next(f for f, b in enumerate(bounds) if i < b) for batch in batches for i in batch)
+
+
+@pytest.mark.parametrize("weights", [[2.0, 1.0], [3.5, 0.5], [1.0, 0.0], [0.25, 2.0]])
+def test_file_weights_set_each_files_share_and_keep_batches_free_of_repeats(weights):
+    sizes, g = [42, 26], 4  # not multiples of g: a file's extra batches never straddle two shuffles
+    sampler = MixtureBatchSampler(sizes, batch_size=g, seed=5, file_weights=weights)
+    batches = [[i for i, _ in b] for b in sampler]
+    assert len(batches) == len(sampler)
+    assert all(len(set(b)) == len(b) == g for b in batches)  # a row is never its own in-batch negative
+    counts = _rows_per_file(batches, sizes)
+    for f, (n, w) in enumerate(zip(sizes, weights)):  # round(n * w) rows, less at most the pooled remainder
+        assert round(n * w) - g < counts[f] <= round(n * w)
+    if min(weights) > 0:
+        ratio = counts[0] / counts[1]
+        target = sizes[0] * weights[0] / (sizes[1] * weights[1])
+        assert abs(ratio - target) / target < 0.25
+    seen = {i for b in batches for i in b}
+    for f in [f for f, w in enumerate(weights) if w >= 1]:  # every row at weight >= 1 is trained on, but for
+        lo = sum(sizes[:f])                                  # part of the pooled remainder (as unweighted)
+        assert len(set(range(lo, lo + sizes[f])) - seen) < g
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_small_file_at_a_large_weight_never_repeats_a_row_in_a_batch(seed):
+    batches = [[i for i, _ in b] for b in MixtureBatchSampler([6, 26], batch_size=4, seed=seed, file_weights=[10, 1])]
+    assert 0 <= _rows_per_file(batches, [6, 26])[0] - (6 // 4 * 4 + round(6 * 9) // 4 * 4) < 4  # + its remainder
+    assert all(len(set(b)) == len(b) for b in batches)
+
+
+def test_unit_file_weights_keep_the_unweighted_order():
+    plain = list(MixtureBatchSampler([10, 7], batch_size=4, seed=2))
+    assert list(MixtureBatchSampler([10, 7], batch_size=4, seed=2, file_weights=[1, 1])) == plain
+
+
+def test_ranks_split_the_same_weighted_global_batch():
+    kw = dict(seed=4, file_weights=[2.0, 0.5])
+    full = list(MixtureBatchSampler([16, 8], batch_size=4, world_size=1, **kw))
+    r0 = list(MixtureBatchSampler([16, 8], batch_size=2, world_size=2, rank=0, **kw))
+    r1 = list(MixtureBatchSampler([16, 8], batch_size=2, world_size=2, rank=1, **kw))
+    assert [a + b for a, b in zip(r0, r1)] == full
+
+
+@pytest.mark.parametrize("weights, match", [([1.0], "one per file"), ([-1.0, 1.0], ">= 0"),
+                                            ([1.0, float("nan")], ">= 0"), ([1.0, 2.0], "file 1 has 3 rows")])
+def test_bad_file_weights_are_refused(weights, match):
+    with pytest.raises(ValueError, match=match):
+        MixtureBatchSampler([10, 3], batch_size=4, file_weights=weights)
+
+
+def test_datamodule_weights_files_by_name_and_reports_them(tmp_path):
+    from reasoning_embed.data.datamodule import ContrastiveDataModule
+    from reasoning_embed.errors import ConfigValueError
+
+    write_jsonl(tmp_path / "mix" / "code.jsonl", synthetic_rows(16, "c"))
+    write_jsonl(tmp_path / "mix" / "docstring.jsonl", synthetic_rows(8, "d"))
+    dm = ContrastiveDataModule(train=str(tmp_path / "mix"), batch_size=4, num_negatives=1,
+                               file_weights={"docstring": 3}, report_dir=str(tmp_path))
+    dm.setup()
+    assert dm.sampler.file_weights == [1.0, 3.0]
+    assert len(dm.sampler) == 4 + 2 + 4  # code once, docstring once + 16 extra rows
+    report = json.loads((tmp_path / "data_report.json").read_text())["train"]
+    assert {k.rsplit("/", 1)[-1]: v["weight"] for k, v in report.items()} == {"code.jsonl": 1.0, "docstring.jsonl": 3.0}
+    for bad, match in [({"docstrings": 2}, r"\['docstrings'\].*\['code', 'docstring'\]"),
+                       ({"code": "two"}, "data.file_weights.code: expected a number >= 0")]:
+        with pytest.raises(ConfigValueError, match=match):
+            ContrastiveDataModule(train=str(tmp_path / "mix"), batch_size=4, file_weights=bad).setup()
+
+
 def test_sampler_skip_resumes_mid_epoch():
     s = MixtureBatchSampler([20], batch_size=4, seed=1)
     all_batches = list(s)

@@ -95,12 +95,26 @@ class MixtureBatchSampler(Sampler):
     Every rank builds the same global order from (seed, epoch) and takes rows ``[rank::world]`` positions
     ``rank * per_device : (rank + 1) * per_device`` — so a global batch is one source across devices.
     ``skip`` batches are dropped from the start of the epoch (resuming mid-epoch).
+
+    ``file_weights`` (one per file, default 1) set each file's share of an epoch: a file of ``n`` rows at
+    weight ``w`` gives ``round(n * w)`` rows. Below 1, a random ``round(n * w)`` of its rows (0 leaves the file
+    out); above 1, all its rows plus ``round(n * (w - 1)) // g`` extra whole batches (``g`` = global batch), each
+    cut from a fresh shuffle of the file, so a row never meets itself in a batch: in-batch negatives stay true.
     """
 
     def __init__(self, file_sizes: list[int], batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True):
+                 shuffle: bool = True, file_weights: list[float] | None = None):
         self.file_sizes, self.batch_size = file_sizes, batch_size
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.file_weights = [1.0] * len(file_sizes) if file_weights is None else [float(w) for w in file_weights]
+        if len(self.file_weights) != len(file_sizes) or any(not w >= 0 for w in self.file_weights):
+            raise ValueError(f"file_weights must be {len(file_sizes)} numbers >= 0 (one per file), "
+                             f"got {file_weights!r}")
+        g = batch_size * world_size
+        for f, (size, w) in enumerate(zip(file_sizes, self.file_weights)):
+            if w > 1 and size < g:
+                raise ValueError(f"file {f} has {size} rows, fewer than one global batch ({g}): weight {w} cannot "
+                                 "add whole batches of it; lower its weight to <= 1 or data.batch_size")
         self.epoch, self.skip = 0, 0
         if len(self) == 0:
             raise ValueError(f"{sum(file_sizes)} rows cannot fill one global batch of "
@@ -109,17 +123,34 @@ class MixtureBatchSampler(Sampler):
     def set_epoch(self, epoch: int):
         self.epoch = epoch
 
+    def _shuffled(self, rng, offset, size) -> list[int]:
+        idx = list(range(offset, offset + size))
+        if self.shuffle:
+            rng.shuffle(idx)
+        return idx
+
+    def _plan(self, size: int, weight: float) -> tuple[int, int]:
+        """(rows taken once, extra whole batches) of a file in one epoch."""
+        g = self.batch_size * self.world_size
+        if weight <= 1:
+            return round(size * weight), 0
+        return size, round(size * (weight - 1)) // g
+
     def global_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         g = self.batch_size * self.world_size
         batches, leftovers, offset = [], [], 0
-        for size in self.file_sizes:
-            idx = list(range(offset, offset + size))
-            if self.shuffle:
-                rng.shuffle(idx)
-            full = size // g * g
+        for size, weight in zip(self.file_sizes, self.file_weights):
+            taken, extra = self._plan(size, weight)
+            idx = self._shuffled(rng, offset, size)[:taken]
+            full = taken // g * g
             batches += [idx[i:i + g] for i in range(0, full, g)]
             leftovers += idx[full:]
+            while extra:  # each pass a fresh shuffle, cut into whole batches only
+                n = min(extra, size // g)
+                idx = self._shuffled(rng, offset, size)
+                batches += [idx[i:i + g] for i in range(0, n * g, g)]
+                extra -= n
             offset += size
         if self.shuffle:
             rng.shuffle(leftovers)
@@ -136,8 +167,9 @@ class MixtureBatchSampler(Sampler):
 
     def __len__(self):
         g = self.batch_size * self.world_size
-        full = sum(s // g for s in self.file_sizes)
-        leftovers = sum(s % g for s in self.file_sizes)
+        plans = [self._plan(s, w) for s, w in zip(self.file_sizes, self.file_weights)]
+        full = sum(taken // g + extra for taken, extra in plans)
+        leftovers = sum(taken % g for taken, _ in plans)
         return full + leftovers // g
 
 

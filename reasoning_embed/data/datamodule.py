@@ -28,7 +28,8 @@ class ContrastiveDataModule(L.LightningDataModule):
                  no_negative_policy: str = "drop", bad_rows: str = "error", val_max_queries: int | None = 500,
                  num_workers: int = 0, seed: int = 0, offline_corpus: str | None = None,
                  mine_reference: str | None = None, mine_max_length: int | None = 256,
-                 report_dir: str | None = None, prepare: Callable | None = None):
+                 report_dir: str | None = None, prepare: Callable | None = None,
+                 file_weights: dict[str, float] | None = None):
         super().__init__()
         self.train_path, self.val_path = train, val
         self.batch_size, self.num_negatives = batch_size, num_negatives
@@ -40,6 +41,7 @@ class ContrastiveDataModule(L.LightningDataModule):
         # prepare(offline_corpus, mine_reference, mine_max_length) -> (train dir, val dir): given by the config
         # (reasoning_embed.assets.prepare_offline_corpus), so that this layer builds and mines nothing itself
         self.prepare = prepare
+        self.file_weights = dict(file_weights or {})  # {training file's stem: share of an epoch}, default 1
         self.tokenizer = None  # TextTokenizer, set by the training entry point
         self.dataset = self.sampler = None
         self.val_sets = []
@@ -80,7 +82,11 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.dataset = ContrastiveDataset(files_rows, self.num_negatives, self.seed)
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self.sampler = MixtureBatchSampler(self.dataset.file_sizes, self.batch_size, world, rank, self.seed)
+        weights = self._weights_of([Path(p).stem for p in report["train"]])
+        for r, w in zip(report["train"].values(), weights):
+            r["weight"] = w
+        self.sampler = MixtureBatchSampler(self.dataset.file_sizes, self.batch_size, world, rank, self.seed,
+                                           file_weights=weights)
         if self.val_path:
             for path in data_files(self.val_path):
                 rows, r = self._read(path)
@@ -93,6 +99,23 @@ class ContrastiveDataModule(L.LightningDataModule):
             from reasoning_embed.utils.io import atomic_write_json
 
             atomic_write_json(Path(self.report_dir) / "data_report.json", report)
+
+    def _weights_of(self, stems: list[str]) -> list[float]:
+        """``data.file_weights`` as one weight per training file (by file stem, as the validation sets are named)."""
+        from reasoning_embed.errors import ConfigValueError
+
+        unknown = sorted(set(self.file_weights) - set(stems))
+        if unknown:
+            raise ConfigValueError(f"data.file_weights names {unknown}, which are not training files; the training "
+                                   f"files are {sorted(stems)} (keys are file names without .jsonl)")
+        weights = []
+        for stem in stems:
+            w = self.file_weights.get(stem, 1.0)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+                raise ConfigValueError(f"data.file_weights.{stem}: expected a number >= 0 (its share of an "
+                                       f"epoch, 1 = as many rows as the file has), got {w!r}")
+            weights.append(float(w))
+        return weights
 
     def train_dataloader(self):
         if self.tokenizer is None:
