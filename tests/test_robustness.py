@@ -267,6 +267,16 @@ def test_typo_in_an_override_suggests_the_existing_key(micro_backbone, corpus_di
     assert "did you mean trainer.max_steps?" in proc.stderr and "+trainer.max_step" not in proc.stderr, proc.stderr
 
 
+def test_an_existing_key_whose_override_fails_is_not_called_missing(capsys):
+    from reasoning_embed.utils.hydra_utils import check_override_keys
+
+    with pytest.raises(SystemExit) as exit_:  # a dict merged into a dict that has no such name
+        check_override_keys("train", ["data.prepare={no_such_name:1}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "data.prepare is a key of the train config" in err and "data.prepare.NAME=VALUE" in err, err
+
+
 def test_readme_commands_parse_as_hydra_overrides():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

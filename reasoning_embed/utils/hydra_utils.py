@@ -143,6 +143,11 @@ def check_override_keys(config_name: str, argv: list[str]) -> None:
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     keys = list(node.keys()) if OmegaConf.is_dict(node) else []
+    if leaf in keys:  # the key exists: a dict given whole is merged into it, and its new names are refused
+        print(f"error: {key} is a key of the {config_name} config, but its value could not be merged into it; "
+              f"give a dict's entries one by one ({key}.NAME=VALUE, +{key}.NAME=VALUE for a new name)",
+              file=sys.stderr)
+        sys.exit(2)
     close = difflib.get_close_matches(leaf, keys, n=1)
     hint = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
             else f"{parent or 'the top level'} has: {', '.join(map(str, keys[:20]))}")
