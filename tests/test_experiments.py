@@ -89,6 +89,9 @@ def test_recipe_line_names_what_differs_from_the_paper():
     assert diffs["encoder.max_query_length"] == (64, 512) and diffs["trainer.max_steps"] == (300, -1)
     assert diffs["trainer.max_epochs"] == (2, 1)
     assert diffs["trainer.precision"] == ("32-true", "bf16-mixed") and diffs["global batch"] == (32, 2048)
+    assert "data.file_weights" not in diffs
+    weighted = recipe_differences(_compose("experiment=offline_default", "data.file_weights={docstring:2}"))
+    assert weighted["data.file_weights"] == ({"docstring": 2}, None) and type(weighted["data.file_weights"][0]) is dict
     line = recipe_line(diffs)
     assert "model.optimizer.lr=0.0001 (paper 2e-05)" in line and "model.temperature=0.1 (paper 0.02)" in line
 

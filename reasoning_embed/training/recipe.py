@@ -20,6 +20,7 @@ PAPER_RECIPE: dict[str, object] = {
     "trainer.max_epochs": 1,
     "trainer.max_steps": -1,
     "data.num_negatives": 3,
+    "data.file_weights": None,  # each source in proportion to its rows
     "encoder.attention": "bidirectional",
     "encoder.pooling": "mean",
     "encoder.normalize": True,
@@ -38,6 +39,8 @@ def recipe_differences(cfg: DictConfig, world_size: int = 1) -> dict[str, tuple[
     diffs = {}
     for key, paper in PAPER_RECIPE.items():
         value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_config(value):  # a dict such as data.file_weights, written to metrics.json as is
+            value = OmegaConf.to_container(value, resolve=True)
         if value != paper:
             diffs[key] = (value, paper)
     precision = str(OmegaConf.select(cfg, "trainer.precision", default=None))
