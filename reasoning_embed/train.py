@@ -152,6 +152,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict:
     metrics = {
         "status": "trained",
         "backbone": cfg.backbone.name,
+        "backbone_path": getattr(encoder, "source_path", None),  # the report compares the backbones trained from
         "finetune": cfg.finetune.mode,
         "seed": cfg.seed,
         "steps": int(trainer.global_step),

@@ -125,6 +125,29 @@ def test_report_hrsa_summary_of_the_backbones(micro_backbone, corpus_dir, tmp_pa
     assert f"{rl['cka_debiased_stats']:.3f} ({lo:.3f}, {hi:.3f}) [{rl['stats_rows']}]" in md
 
 
+def test_backbone_specs_prefer_the_backbone_the_runs_trained_from(tmp_path, caplog):
+    """A tiny backbone is read from the triple a run recorded in metrics.json, not rebuilt from its config (whose
+    cache key may have moved on); a recorded path that is gone falls back to the config, with a warning."""
+    from reasoning_embed.report.backbone_hrsa import backbone_specs
+
+    triple = tmp_path / "tiny_triple-old" / "tiny_base"
+    triple.mkdir(parents=True)
+    runs = []
+    for name, recorded in (("b1", triple), ("r1", tmp_path / "gone" / "tiny_rlvr")):
+        d = _run(tmp_path / "sweep", name, "tiny_base" if name == "b1" else "tiny_rlvr", "tiny_base", 1, {"T1": 50.0})
+        cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+        cfg.backbone.path, cfg.backbone.tiny = "/backbones/tiny_base", {"variant": "base"}
+        OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
+        metrics = json.loads((d / "metrics.json").read_text())
+        (d / "metrics.json").write_text(json.dumps({**metrics, "backbone_path": str(recorded)}))
+        runs.append(d)
+    with caplog.at_level("WARNING", logger="reasoning_embed.report"):
+        specs = backbone_specs(runs)
+    assert specs["tiny_base"]["path"] == str(triple) and specs["tiny_base"]["tiny"] is None
+    assert specs["tiny_rlvr"]["path"] == "/backbones/tiny_base" and specs["tiny_rlvr"]["tiny"] == {"variant": "base"}
+    assert "gone" in caplog.text and "tiny_rlvr" in caplog.text
+
+
 def test_run_dirs_judges_only_path_parts_below_the_sweep(tmp_path):
     """A sweep stored under a folder named ``report`` keeps its runs; the report's own sub-directory is skipped."""
     from reasoning_embed.report.runs import run_dirs

@@ -24,6 +24,7 @@ def test_train_cli_writes_a_complete_run_dir(micro_backbone, corpus_dir, tmp_pat
         assert (run_dir / path).exists(), path
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["tokens_per_s"] > 0
+    assert metrics["backbone_path"] == str(micro_backbone)  # what the report's backbone HRSA reads
     for key in ("val/ndcg@10", "val/recall@10", "val/mrr@10"):
         assert 0 <= metrics["final_val"][key] <= 1 and key in metrics["initial_val"]
     assert json.loads((run_dir / "model/config.json").read_text())["is_causal"] is False

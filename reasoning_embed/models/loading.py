@@ -190,7 +190,7 @@ def load_encoder(spec, read: dict | None = None, *, device=None, finetune: dict 
                  gradient_checkpointing: bool = False, check_attention: bool = True, build: Callable | None = None,
                  revision: str | None = None):
     """An ``Encoder`` for ``spec`` (see the module docstring), on ``device`` (``None``: where it loads,
-    ``"auto"``: CUDA if available). ``encoder.spec_kind`` says which kind of spec it was."""
+    ``"auto"``: CUDA if available). ``encoder.spec_kind`` says which kind of spec it was, ``encoder.source_path`` where it was loaded from."""
     import torch
 
     from reasoning_embed.models.encoder import Encoder, build_encoder
@@ -208,4 +208,5 @@ def load_encoder(spec, read: dict | None = None, *, device=None, finetune: dict 
     if device is not None:
         encoder = encoder.to(device)
     encoder.spec_kind = resolved.kind
+    encoder.source_path = str(resolved.path)  # what was loaded: a tiny backbone's built triple, not its config
     return encoder

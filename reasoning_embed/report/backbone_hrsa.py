@@ -15,7 +15,9 @@ log = logging.getLogger("reasoning_embed.report")
 
 
 def backbone_specs(dirs: list[Path]) -> dict[str, dict]:
-    """Each backbone of the sweep as its runs resolved it (first run wins), by name."""
+    """Each backbone of the sweep as its runs resolved it (first run wins), by name: the directory a run
+    recorded it trained from (``metrics.json``'s ``backbone_path``) where it still exists, so that a tiny
+    backbone is the triple the runs used, not one rebuilt from its config under a newer cache key."""
     specs = {}
     for run in dirs:
         cfg_path = run / ".hydra" / "config.yaml"
@@ -24,8 +26,26 @@ def backbone_specs(dirs: list[Path]) -> dict[str, dict]:
         except Exception as e:  # noqa: BLE001 - an unresolvable config is reported, not fatal
             log.warning("%s: backbone config not readable for the HRSA summary: %s", cfg_path, e)
             continue
-        specs.setdefault(str(spec.get("name")), spec)
+        name = str(spec.get("name"))
+        if name in specs:
+            continue
+        recorded = _recorded_path(run)
+        if recorded and Path(recorded).is_dir():
+            spec = {**spec, "path": recorded, "tiny": None}
+        elif recorded and spec.get("tiny"):
+            log.warning("%s: the backbone it trained from (%s) is gone; the HRSA summary builds %s from its config, "
+                        "which may not be the same weights", run, recorded, name)
+        specs[name] = spec
     return specs
+
+
+def _recorded_path(run: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run / "metrics.json").read_text()).get("backbone_path")
+    except (OSError, ValueError):  # no metrics (a failed run): the config is all there is
+        return None
 
 
 def _compose_hrsa(args: list[str]):
