@@ -151,7 +151,8 @@ def test_ranks_split_the_same_weighted_global_batch():
 
 
 @pytest.mark.parametrize("weights, match", [([1.0], "one per file"), ([-1.0, 1.0], ">= 0"),
-                                            ([1.0, float("nan")], ">= 0"), ([1.0, 2.0], "file 1 has 3 rows")])
+                                            ([1.0, float("nan")], ">= 0"), ([float("inf"), 1.0], "finite"),
+                                            ([1.0, 2.0], "file 1 has 3 rows")])
 def test_bad_file_weights_are_refused(weights, match):
     with pytest.raises(ValueError, match=match):
         MixtureBatchSampler([10, 3], batch_size=4, file_weights=weights)
@@ -171,7 +172,8 @@ def test_datamodule_weights_files_by_name_and_reports_them(tmp_path):
     report = json.loads((tmp_path / "data_report.json").read_text())["train"]
     assert {k.rsplit("/", 1)[-1]: v["weight"] for k, v in report.items()} == {"code.jsonl": 1.0, "docstring.jsonl": 3.0}
     for bad, match in [({"docstrings": 2}, r"\['docstrings'\].*\['code', 'docstring'\]"),
-                       ({"code": "two"}, "data.file_weights.code: expected a number >= 0")]:
+                       ({"code": "two"}, "data.file_weights.code: expected a finite number >= 0"),
+                       ({"code": float("inf")}, "data.file_weights.code: expected a finite number")]:
         with pytest.raises(ConfigValueError, match=match):
             ContrastiveDataModule(train=str(tmp_path / "mix"), batch_size=4, file_weights=bad).setup()
 

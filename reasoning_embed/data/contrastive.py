@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -107,8 +108,8 @@ class MixtureBatchSampler(Sampler):
         self.file_sizes, self.batch_size = file_sizes, batch_size
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
         self.file_weights = [1.0] * len(file_sizes) if file_weights is None else [float(w) for w in file_weights]
-        if len(self.file_weights) != len(file_sizes) or any(not w >= 0 for w in self.file_weights):
-            raise ValueError(f"file_weights must be {len(file_sizes)} numbers >= 0 (one per file), "
+        if len(self.file_weights) != len(file_sizes) or any(not 0 <= w < math.inf for w in self.file_weights):
+            raise ValueError(f"file_weights must be {len(file_sizes)} finite numbers >= 0 (one per file), "
                              f"got {file_weights!r}")
         g = batch_size * world_size
         for f, (size, w) in enumerate(zip(file_sizes, self.file_weights)):

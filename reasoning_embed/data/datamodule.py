@@ -111,8 +111,8 @@ class ContrastiveDataModule(L.LightningDataModule):
         weights = []
         for stem in stems:
             w = self.file_weights.get(stem, 1.0)
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
-                raise ConfigValueError(f"data.file_weights.{stem}: expected a number >= 0 (its share of an "
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+                raise ConfigValueError(f"data.file_weights.{stem}: expected a finite number >= 0 (its share of an "
                                        f"epoch, 1 = as many rows as the file has), got {w!r}")
             weights.append(float(w))
         return weights
