@@ -112,7 +112,7 @@ def _rows_per_file(batches, sizes):
 
 @pytest.mark.parametrize("weights", [[2.0, 1.0], [3.5, 0.5], [1.0, 0.0], [0.25, 2.0]])
 def test_file_weights_set_each_files_share_and_keep_batches_free_of_repeats(weights):
-    sizes, g = [42, 26], 4  # not multiples of g: a file's extra batches never straddle two shuffles
+    sizes, g = [42, 26], 4  # not multiples of g: extra batches cut across two shuffles would repeat rows
     sampler = MixtureBatchSampler(sizes, batch_size=g, seed=5, file_weights=weights)
     batches = [[i for i, _ in b] for b in sampler]
     assert len(batches) == len(sampler)

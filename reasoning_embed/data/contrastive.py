@@ -107,11 +107,12 @@ class MixtureBatchSampler(Sampler):
                  shuffle: bool = True, file_weights: list[float] | None = None):
         self.file_sizes, self.batch_size = file_sizes, batch_size
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.global_batch = batch_size * world_size
         self.file_weights = [1.0] * len(file_sizes) if file_weights is None else [float(w) for w in file_weights]
         if len(self.file_weights) != len(file_sizes) or any(not 0 <= w < math.inf for w in self.file_weights):
             raise ValueError(f"file_weights must be {len(file_sizes)} finite numbers >= 0 (one per file), "
                              f"got {file_weights!r}")
-        g = batch_size * world_size
+        g = self.global_batch
         for f, (size, w) in enumerate(zip(file_sizes, self.file_weights)):
             if w > 1 and size < g:
                 raise ValueError(f"file {f} has {size} rows, fewer than one global batch ({g}): weight {w} cannot "
@@ -132,14 +133,14 @@ class MixtureBatchSampler(Sampler):
 
     def _plan(self, size: int, weight: float) -> tuple[int, int]:
         """(rows taken once, extra whole batches) of a file in one epoch."""
-        g = self.batch_size * self.world_size
+        g = self.global_batch
         if weight <= 1:
             return round(size * weight), 0
         return size, round(size * (weight - 1)) // g
 
     def global_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        g = self.batch_size * self.world_size
+        g = self.global_batch
         batches, leftovers, offset = [], [], 0
         for size, weight in zip(self.file_sizes, self.file_weights):
             taken, extra = self._plan(size, weight)
@@ -167,7 +168,7 @@ class MixtureBatchSampler(Sampler):
             yield [(i, self.epoch) for i in batch[lo:hi]]
 
     def __len__(self):
-        g = self.batch_size * self.world_size
+        g = self.global_batch
         plans = [self._plan(s, w) for s, w in zip(self.file_sizes, self.file_weights)]
         full = sum(taken // g + extra for taken, extra in plans)
         leftovers = sum(taken % g for taken, _ in plans)

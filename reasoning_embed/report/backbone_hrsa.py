@@ -40,11 +40,11 @@ def backbone_specs(dirs: list[Path]) -> dict[str, dict]:
 
 
 def _recorded_path(run: Path) -> str | None:
-    import json
+    from reasoning_embed.report.runs import read_metrics
 
     try:
-        return json.loads((run / "metrics.json").read_text()).get("backbone_path")
-    except (OSError, ValueError):  # no metrics (a failed run): the config is all there is
+        return read_metrics(run).get("backbone_path")
+    except (OSError, ValueError):  # unreadable metrics: the config is all there is
         return None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["collect_runs", "run_dirs", "task_scores", "task_types", "val_baselines"]
+__all__ = ["collect_runs", "read_metrics", "run_dirs", "task_scores", "task_types", "val_baselines"]
 
 
 def _tasks(summary: dict) -> dict[str, dict]:
@@ -57,6 +57,12 @@ def run_dirs(cfg) -> list[Path]:
                   if "report" not in p.relative_to(sweep).parts)
 
 
+def read_metrics(run: Path) -> dict:
+    """A run's ``metrics.json``, or ``{}`` when it has none (killed before training ended, or failed)."""
+    path = run / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def run_status(run: Path) -> tuple[str, str]:
     """("complete" | "interrupted" | "failed" | "unfinished", why). An interrupted run (SIGINT/SIGTERM, with a
     resumable checkpoint) is not a failed one: its reason is the command that resumes it."""
@@ -67,7 +73,7 @@ def run_status(run: Path) -> tuple[str, str]:
         return "failed", json.loads((run / "failed.json").read_text())["error"]
     if not (run / "metrics.json").exists():
         return "unfinished", "no metrics.json (killed, or still running)"
-    status = json.loads((run / "metrics.json").read_text()).get("status", "complete")
+    status = read_metrics(run).get("status", "complete")
     if status != "complete":
         return "unfinished", f"metrics.json says {status!r}: trained, but killed (or still running) before the end"
     return "complete", ""
@@ -90,7 +96,7 @@ def collect_runs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
             "finetune": str(OmegaConf.select(cfg, "finetune.mode")), "seed": OmegaConf.select(cfg, "seed"),
         }
         status, reason = run_status(run)
-        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+        metrics = read_metrics(run)
         info["unusable"] = unusable_reasons(metrics)  # collapsed, or worse than untrained: listed, never silent
         if status != "complete":
             failed.append({**info, "status": status, "reason": reason})
